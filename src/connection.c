@@ -1,0 +1,654 @@
+/* connection.c — a client connection on the main loop.
+ * Owns the socket, its input buffer and the ordered list of replies owed:
+ * requests parsed by protocol.c become store ops or immediate replies, and
+ * replies leave strictly in request order even when commits finish later. */
+#include <gio/gio.h>
+#include "connection.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "protocol.h"
+
+/* Read granularity, and the bounds that keep one client from using
+ * unbounded memory: past OUT_HIGH bytes of unsent replies or PIPELINE_MAX
+ * unanswered requests we stop reading from it until it catches up. */
+#define READ_CHUNK (16 * 1024)
+#define OUT_HIGH (4 * 1024 * 1024)
+#define PIPELINE_MAX 256
+
+typedef struct _Slot Slot;
+
+struct _McqConnection {
+  GSource source;
+  gpointer tag;
+  McqServer *server;
+  int fd;
+  int refs;                     /* the socket, plus one per op in the store */
+
+  GByteArray *in;
+  size_t in_off;
+  guint64 discard;              /* bytes still to drop (swallowed body) */
+  gboolean skip_line;           /* then drop through the next '\n' */
+
+  GQueue slots;                 /* Slot*, in request order */
+  GByteArray *out;
+  size_t out_off;
+
+  gboolean read_closed;         /* peer sent EOF, or quit, or fatal error */
+  gboolean closed;              /* socket gone; waiting for ops to finish */
+};
+
+struct _Slot {
+  McqConnection *conn;
+  McqOp op;
+  McqCommand cmd;
+  gboolean pending;
+  gboolean noreply;
+  gboolean with_cas;
+  GByteArray *reply;            /* immediate reply, or formatted on completion */
+};
+
+static void conn_update (McqConnection *c);
+static void format_stats (McqServer *srv, GByteArray *out);
+static GByteArray *slot_reply (Slot *s);
+static void conn_process_input (McqConnection *c);
+
+/* ---- lifetime ------------------------------------------------------------- */
+
+static void
+slot_free (Slot *s)
+{
+  mcq_op_release (&s->op);
+  if (s->reply)
+    g_byte_array_unref (s->reply);
+  g_free (s);
+}
+
+static void
+conn_unref (McqConnection *c)
+{
+  if (--c->refs > 0)
+    return;
+  g_queue_clear_full (&c->slots, (GDestroyNotify) slot_free);
+  g_byte_array_unref (c->in);
+  g_byte_array_unref (c->out);
+  c->server->conn_structures--;
+  g_source_unref (&c->source);
+}
+
+static void
+conn_close (McqConnection *c)
+{
+  McqServer *srv = c->server;
+
+  if (c->closed)
+    return;
+  c->closed = TRUE;
+  c->read_closed = TRUE;
+  g_source_remove_unix_fd (&c->source, c->tag);
+  g_source_destroy (&c->source);
+  close (c->fd);
+  c->fd = -1;
+  srv->curr_conns--;
+  srv->conns = g_list_remove (srv->conns, c);
+  g_debug ("connection closed (%u open)", srv->curr_conns);
+  conn_unref (c);
+}
+
+/* ---- output ---------------------------------------------------------------- */
+
+static void
+out_append (GByteArray *out, const void *data, size_t len)
+{
+  g_byte_array_append (out, data, (guint) len);
+}
+
+static void G_GNUC_PRINTF (2, 3)
+out_printf (GByteArray *out, const char *fmt, ...)
+{
+  char buf[512];
+  va_list ap;
+  int n;
+
+  va_start (ap, fmt);
+  n = g_vsnprintf (buf, sizeof buf, fmt, ap);
+  va_end (ap);
+  out_append (out, buf, (size_t) MIN (n, (int) sizeof buf - 1));
+}
+
+static size_t
+out_pending (McqConnection *c)
+{
+  return c->out->len - c->out_off;
+}
+
+/* Writes as much as the socket takes.  Returns FALSE if the peer is gone. */
+static gboolean
+conn_write (McqConnection *c)
+{
+  while (out_pending (c) > 0)
+    {
+      ssize_t n = send (c->fd, c->out->data + c->out_off, out_pending (c), MSG_NOSIGNAL);
+      if (n < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          if (errno == EAGAIN || errno == EWOULDBLOCK)
+            break;
+          g_debug ("write failed: %s", g_strerror (errno));
+          return FALSE;
+        }
+      c->out_off += (size_t) n;
+      c->server->counters.bytes_written += (guint64) n;
+    }
+  if (c->out_off == c->out->len)
+    {
+      g_byte_array_set_size (c->out, 0);
+      c->out_off = 0;
+    }
+  else if (c->out_off > c->out->len / 2)
+    {
+      g_byte_array_remove_range (c->out, 0, (guint) c->out_off);
+      c->out_off = 0;
+    }
+  return TRUE;
+}
+
+/* Moves the replies of finished requests at the head to the output. */
+static void
+conn_release_replies (McqConnection *c)
+{
+  Slot *s;
+
+  while ((s = g_queue_peek_head (&c->slots)) != NULL && !s->pending)
+    {
+      g_queue_pop_head (&c->slots);
+      /* "stats" and "stats reset" act when their turn comes, so that they
+       * see the effect of every request sent before them. */
+      if (s->cmd == MCQ_CMD_STATS)
+        format_stats (c->server, slot_reply (s));
+      else if (s->cmd == MCQ_CMD_STATS_RESET)
+        {
+          memset (&c->server->counters, 0, sizeof c->server->counters);
+          out_append (slot_reply (s), "RESET\r\n", 7);
+        }
+      if (s->reply != NULL && !c->closed)
+        out_append (c->out, s->reply->data, s->reply->len);
+      slot_free (s);
+    }
+}
+
+/* ---- replies --------------------------------------------------------------- */
+
+static GByteArray *
+slot_reply (Slot *s)
+{
+  if (s->reply == NULL)
+    s->reply = g_byte_array_new ();
+  return s->reply;
+}
+
+static void
+reply_failure (Slot *s)
+{
+  const char *msg = s->op.error ? s->op.error->message : "storage failure";
+  g_autofree char *line = g_strdelimit (g_strdup (msg), "\r\n", ' ');
+
+  if (s->op.error && g_error_matches (s->op.error, G_IO_ERROR, G_IO_ERROR_NO_SPACE))
+    out_printf (slot_reply (s), "SERVER_ERROR out of disk space: %s\r\n", line);
+  else
+    out_printf (slot_reply (s), "SERVER_ERROR %s\r\n", line);
+  g_warning ("request failed: %s", msg);
+}
+
+static void
+format_values (Slot *s)
+{
+  McqServer *srv = s->conn->server;
+  GByteArray *out = slot_reply (s);
+  size_t pos = 0;
+  const char *name;
+
+  for (guint i = 0; (name = mcq_op_next_key (&s->op, &pos)) != NULL; i++)
+    {
+      McqMessage *m = &g_array_index (s->op.messages, McqMessage, i);
+      if (m->data == NULL)
+        continue;
+      srv->counters.get_hits++;
+      if (s->with_cas)
+        out_printf (out, "VALUE %s %u %zu %" G_GUINT64_FORMAT "\r\n", name, m->flags, m->len, m->seq);
+      else
+        out_printf (out, "VALUE %s %u %zu\r\n", name, m->flags, m->len);
+      out_append (out, m->data, m->len);
+      out_append (out, "\r\n", 2);
+    }
+  out_append (out, "END\r\n", 5);
+}
+
+static void
+format_queue_stats (Slot *s)
+{
+  GByteArray *out = slot_reply (s);
+
+  for (guint i = 0; i < s->op.queue_stats->len; i++)
+    {
+      McqQueueStat *st = &g_array_index (s->op.queue_stats, McqQueueStat, i);
+      out_printf (out, "STAT %s %" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT "\r\n",
+                  st->name, st->enqueued, st->dequeued);
+    }
+  out_append (out, "END\r\n", 5);
+}
+
+static void
+format_stats (McqServer *srv, GByteArray *out)
+{
+  struct rusage ru;
+  gint64 now = g_get_real_time () / G_USEC_PER_SEC;
+  McqCounters *k = &srv->counters;
+
+  getrusage (RUSAGE_SELF, &ru);
+  out_printf (out, "STAT pid %ld\r\n", (long) getpid ());
+  out_printf (out, "STAT uptime %" G_GINT64_FORMAT "\r\n",
+              (g_get_monotonic_time () - srv->start_monotonic) / G_USEC_PER_SEC);
+  out_printf (out, "STAT time %" G_GINT64_FORMAT "\r\n", now);
+  out_printf (out, "STAT version %s\r\n", MCQ_VERSION);
+  out_printf (out, "STAT pointer_size %zu\r\n", 8 * sizeof (void *));
+  out_printf (out, "STAT rusage_user %ld.%06ld\r\n", (long) ru.ru_utime.tv_sec, (long) ru.ru_utime.tv_usec);
+  out_printf (out, "STAT rusage_system %ld.%06ld\r\n", (long) ru.ru_stime.tv_sec, (long) ru.ru_stime.tv_usec);
+  out_printf (out, "STAT curr_connections %u\r\n", srv->curr_conns);
+  out_printf (out, "STAT total_connections %" G_GUINT64_FORMAT "\r\n", srv->total_conns);
+  out_printf (out, "STAT connection_structures %u\r\n", srv->conn_structures);
+  out_printf (out, "STAT get_cmds %" G_GUINT64_FORMAT "\r\n", k->get_cmds);
+  out_printf (out, "STAT get_hits %" G_GUINT64_FORMAT "\r\n", k->get_hits);
+  out_printf (out, "STAT set_cmds %" G_GUINT64_FORMAT "\r\n", k->set_cmds);
+  out_printf (out, "STAT set_hits %" G_GUINT64_FORMAT "\r\n", k->set_hits);
+  out_printf (out, "STAT bytes_read %" G_GUINT64_FORMAT "\r\n", k->bytes_read);
+  out_printf (out, "STAT bytes_written %" G_GUINT64_FORMAT "\r\n", k->bytes_written);
+  out_printf (out, "STAT threads %u\r\n", 2u);
+  out_printf (out, "STAT curr_queues %" G_GUINT64_FORMAT "\r\n", mcq_store_queue_count (srv->store));
+  out_printf (out, "STAT curr_items %" G_GUINT64_FORMAT "\r\n", mcq_store_total_depth (srv->store));
+  out_printf (out, "STAT durable %d\r\n", srv->durable ? 1 : 0);
+  out_append (out, "END\r\n", 5);
+}
+
+/* Runs on the main context when the store has made the op durable. */
+static void
+slot_done (McqOp *op)
+{
+  Slot *s = op->user_data;
+  McqConnection *c = s->conn;
+
+  s->pending = FALSE;
+  if (op->status == MCQ_OP_FAILED)
+    reply_failure (s);
+  else if (!s->noreply)
+    switch (s->cmd)
+      {
+      case MCQ_CMD_SET:
+        out_append (slot_reply (s), "STORED\r\n", 8);
+        break;
+      case MCQ_CMD_GET:
+        format_values (s);
+        break;
+      case MCQ_CMD_DELETE:
+        if (op->status == MCQ_OP_NOT_FOUND)
+          out_append (slot_reply (s), "NOT_FOUND\r\n", 11);
+        else
+          out_append (slot_reply (s), "DELETED\r\n", 9);
+        break;
+      case MCQ_CMD_STATS_QUEUE:
+        format_queue_stats (s);
+        break;
+      case MCQ_CMD_DB_CHECKPOINT:
+      case MCQ_CMD_DB_ARCHIVE:
+        out_append (slot_reply (s), "OK\r\n", 4);
+        break;
+      default:
+        g_assert_not_reached ();
+      }
+  if (op->status == MCQ_OP_OK && s->cmd == MCQ_CMD_SET)
+    c->server->counters.set_hits++;
+  /* Free the message copies now rather than when the slot leaves. */
+  mcq_op_clear (op);
+
+  if (!c->closed)
+    {
+      conn_release_replies (c);
+      conn_update (c);
+    }
+  else
+    conn_release_replies (c);
+  conn_unref (c);
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+static Slot *
+slot_new (McqConnection *c, McqCommand cmd)
+{
+  Slot *s = g_new0 (Slot, 1);
+  s->conn = c;
+  s->cmd = cmd;
+  g_queue_push_tail (&c->slots, s);
+  return s;
+}
+
+static void
+slot_submit (Slot *s, McqOpType type)
+{
+  McqConnection *c = s->conn;
+
+  s->pending = TRUE;
+  s->op.type = type;
+  s->op.done = slot_done;
+  s->op.user_data = s;
+  c->refs++;
+  mcq_store_submit (c->server->store, &s->op);
+}
+
+static void
+immediate (McqConnection *c, const char *text)
+{
+  Slot *s = slot_new (c, MCQ_CMD_VERSION);   /* any command without a deferred reply */
+  out_append (slot_reply (s), text, strlen (text));
+}
+
+static void
+handle_request (McqConnection *c, const McqRequest *req)
+{
+  McqServer *srv = c->server;
+  Slot *s;
+
+  switch (req->cmd)
+    {
+    case MCQ_CMD_SET:
+      srv->counters.set_cmds++;
+      s = slot_new (c, req->cmd);
+      s->noreply = req->noreply;
+      mcq_op_add_key (&s->op, req->key.ptr, req->key.len);
+      mcq_op_set_body (&s->op, req->flags, req->body.ptr, req->body.len);
+      slot_submit (s, MCQ_OP_SET);
+      break;
+
+    case MCQ_CMD_GET:
+      {
+        size_t pos = 0;
+        McqSpan k;
+
+        srv->counters.get_cmds += req->nkeys;
+        s = slot_new (c, req->cmd);
+        s->with_cas = req->with_cas;
+        while (mcq_request_next_key (req, &pos, &k))
+          mcq_op_add_key (&s->op, k.ptr, k.len);
+        slot_submit (s, MCQ_OP_GET);
+        break;
+      }
+
+    case MCQ_CMD_DELETE:
+      s = slot_new (c, req->cmd);
+      s->noreply = req->noreply;
+      mcq_op_add_key (&s->op, req->key.ptr, req->key.len);
+      slot_submit (s, MCQ_OP_DELETE);
+      break;
+
+    case MCQ_CMD_STATS_QUEUE:
+      slot_submit (slot_new (c, req->cmd), MCQ_OP_STATS_QUEUE);
+      break;
+
+    case MCQ_CMD_DB_CHECKPOINT:
+      slot_submit (slot_new (c, req->cmd), MCQ_OP_CHECKPOINT);
+      break;
+
+    case MCQ_CMD_DB_ARCHIVE:
+      slot_submit (slot_new (c, req->cmd), MCQ_OP_ARCHIVE);
+      break;
+
+    case MCQ_CMD_STATS:
+    case MCQ_CMD_STATS_RESET:
+      slot_new (c, req->cmd);   /* answered in conn_release_replies */
+      break;
+
+    case MCQ_CMD_VERSION:
+      immediate (c, "VERSION " MCQ_VERSION "\r\n");
+      break;
+
+    case MCQ_CMD_VERBOSITY:
+      mcq_log_set_verbosity ((int) MIN (req->verbosity, 2u));
+      if (!req->noreply)
+        immediate (c, "OK\r\n");
+      break;
+
+    case MCQ_CMD_QUIT:
+      c->read_closed = TRUE;
+      break;
+
+    default:
+      g_assert_not_reached ();
+    }
+}
+
+/* Drops already-parsed input; keeps the buffer from creeping forward. */
+static void
+in_consume (McqConnection *c, size_t n)
+{
+  c->in_off += n;
+  if (c->in_off == c->in->len)
+    {
+      g_byte_array_set_size (c->in, 0);
+      c->in_off = 0;
+    }
+}
+
+static void
+conn_process_input (McqConnection *c)
+{
+  while (!c->read_closed && g_queue_get_length (&c->slots) < PIPELINE_MAX)
+    {
+      const char *buf = (const char *) c->in->data + c->in_off;
+      size_t avail = c->in->len - c->in_off;
+      McqRequest req;
+      McqParseResult r;
+
+      if (avail == 0)
+        break;
+      if (c->discard > 0)
+        {
+          size_t n = (size_t) MIN ((guint64) avail, c->discard);
+          c->discard -= n;
+          in_consume (c, n);
+          continue;
+        }
+      if (c->skip_line)
+        {
+          const char *nl = memchr (buf, '\n', avail);
+          in_consume (c, nl ? (size_t) (nl - buf) + 1 : avail);
+          c->skip_line = nl == NULL;
+          continue;
+        }
+
+      r = mcq_parse_request (buf, avail, c->server->max_body, &req);
+      switch (r.status)
+        {
+        case MCQ_PARSE_NEED_MORE:
+          return;
+        case MCQ_PARSE_REQUEST:
+          handle_request (c, &req);
+          break;
+        case MCQ_PARSE_ERROR:
+          immediate (c, r.error);
+          c->discard = r.discard;
+          c->skip_line = r.skip_line;
+          break;
+        case MCQ_PARSE_FATAL:
+          immediate (c, r.error);
+          g_info ("closing a connection: %.*s", (int) strlen (r.error) - 2, r.error);
+          c->read_closed = TRUE;
+          break;
+        default:
+          g_assert_not_reached ();
+        }
+      in_consume (c, r.consumed);
+    }
+}
+
+/* Reads what is there.  Returns FALSE when the connection must close now. */
+static gboolean
+conn_read (McqConnection *c)
+{
+  for (int rounds = 0; rounds < 4; rounds++)
+    {
+      size_t room;
+      ssize_t n;
+
+      if (c->in_off > 0 && c->in_off >= c->in->len / 2)
+        {
+          g_byte_array_remove_range (c->in, 0, (guint) c->in_off);
+          c->in_off = 0;
+        }
+      size_t used = c->in->len;
+      g_byte_array_set_size (c->in, (guint) (used + READ_CHUNK));
+      room = READ_CHUNK;
+      n = recv (c->fd, c->in->data + used, room, 0);
+      g_byte_array_set_size (c->in, (guint) (used + (n > 0 ? (size_t) n : 0)));
+      if (n == 0)
+        {
+          c->read_closed = TRUE;   /* half-close: still answer what came */
+          return TRUE;
+        }
+      if (n < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return TRUE;
+          g_debug ("read failed: %s", g_strerror (errno));
+          return FALSE;
+        }
+      c->server->counters.bytes_read += (guint64) n;
+      conn_process_input (c);
+      if (c->read_closed || (size_t) n < room ||
+          g_queue_get_length (&c->slots) >= PIPELINE_MAX || out_pending (c) >= OUT_HIGH)
+        return TRUE;
+    }
+  return TRUE;
+}
+
+/* Writes what can be written, then decides which events to wait for. */
+static void
+conn_update (McqConnection *c)
+{
+  GIOCondition want = 0;
+  gboolean may_read;
+
+  if (c->closed)
+    return;
+  conn_release_replies (c);
+  if (!conn_write (c))
+    {
+      conn_close (c);
+      return;
+    }
+  /* Input parked while the pipeline was full can be parsed now. */
+  if (!c->read_closed && g_queue_get_length (&c->slots) < PIPELINE_MAX && c->in->len > c->in_off)
+    {
+      conn_process_input (c);
+      conn_release_replies (c);
+      if (!conn_write (c))
+        {
+          conn_close (c);
+          return;
+        }
+    }
+  if (c->read_closed && g_queue_is_empty (&c->slots) && out_pending (c) == 0)
+    {
+      conn_close (c);
+      return;
+    }
+  may_read = !c->read_closed && g_queue_get_length (&c->slots) < PIPELINE_MAX &&
+             out_pending (c) < OUT_HIGH;
+  if (may_read)
+    want |= G_IO_IN;
+  if (out_pending (c) > 0)
+    want |= G_IO_OUT;
+  g_source_modify_unix_fd (&c->source, c->tag, want);
+}
+
+static gboolean
+conn_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
+{
+  McqConnection *c = (McqConnection *) source;
+  GIOCondition ev = g_source_query_unix_fd (source, c->tag);
+
+  if (ev & (G_IO_ERR | G_IO_NVAL))
+    {
+      conn_close (c);
+      return G_SOURCE_CONTINUE;
+    }
+  if (ev & (G_IO_IN | G_IO_HUP))
+    {
+      if (!conn_read (c))
+        {
+          conn_close (c);
+          return G_SOURCE_CONTINUE;
+        }
+    }
+  conn_update (c);
+  return G_SOURCE_CONTINUE;
+}
+
+static GSourceFuncs conn_source_funcs = {
+  .dispatch = conn_dispatch,
+};
+
+McqConnection *
+mcq_connection_new (McqServer *srv, int fd)
+{
+  GSource *source = g_source_new (&conn_source_funcs, sizeof (McqConnection));
+  McqConnection *c = (McqConnection *) source;
+
+  c->server = srv;
+  c->fd = fd;
+  c->refs = 1;
+  c->in = g_byte_array_new ();
+  c->out = g_byte_array_new ();
+  g_queue_init (&c->slots);
+  c->tag = g_source_add_unix_fd (source, fd, G_IO_IN);
+  g_source_set_name (source, "mcq-connection");
+  g_source_attach (source, NULL);
+
+  srv->curr_conns++;
+  srv->total_conns++;
+  srv->conn_structures++;
+  srv->conns = g_list_prepend (srv->conns, c);
+  g_debug ("connection opened (%u open)", srv->curr_conns);
+  return c;
+}
+
+void
+mcq_connection_refuse (int fd, const char *reply)
+{
+  ssize_t ignored = send (fd, reply, strlen (reply), MSG_NOSIGNAL | MSG_DONTWAIT);
+  (void) ignored;
+  close (fd);
+}
+
+void
+mcq_connection_drain (McqConnection *c)
+{
+  c->read_closed = TRUE;
+  conn_update (c);
+}
+
+void
+mcq_connection_close_all (McqServer *srv)
+{
+  while (srv->conns != NULL)
+    conn_close (srv->conns->data);
+}

@@ -1,0 +1,106 @@
+/* home.c — preparing and locking the BDB home directory.
+ * Berkeley DB lets several processes share an environment; memcacheq opens
+ * it privately and runs recovery at start, so exactly one may use a home:
+ * an flock() on <home>/memcacheq.lock enforces that. */
+#include "home.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <gio/gio.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define LOCK_NAME "memcacheq.lock"
+
+struct _McqHome {
+  char *path;
+  int lock_fd;
+};
+
+static gboolean
+fail_errno (GError **error, int err, const char *what, const char *path)
+{
+  g_set_error (error, G_IO_ERROR, g_io_error_from_errno (err), "%s %s: %s", what, path,
+               g_strerror (err));
+  return FALSE;
+}
+
+McqHome *
+mcq_home_acquire (const char *path, GError **error)
+{
+  g_autofree char *lock_path = g_build_filename (path, LOCK_NAME, NULL);
+  struct stat st;
+  McqHome *home;
+  int fd;
+
+  if (g_mkdir_with_parents (path, 0750) != 0)
+    {
+      fail_errno (error, errno, "cannot create the home directory", path);
+      return NULL;
+    }
+  if (stat (path, &st) != 0)
+    {
+      fail_errno (error, errno, "cannot use the home directory", path);
+      return NULL;
+    }
+  if (!S_ISDIR (st.st_mode))
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_DIRECTORY,
+                   "the home directory %s is not a directory", path);
+      return NULL;
+    }
+  if (access (path, W_OK | X_OK) != 0)
+    {
+      fail_errno (error, errno, "cannot write to the home directory", path);
+      return NULL;
+    }
+
+  fd = open (lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+  if (fd < 0)
+    {
+      fail_errno (error, errno, "cannot create the lock file", lock_path);
+      return NULL;
+    }
+  if (flock (fd, LOCK_EX | LOCK_NB) != 0)
+    {
+      char buf[32] = { 0 };
+      ssize_t n = pread (fd, buf, sizeof buf - 1, 0);
+      g_strstrip (buf);
+      close (fd);
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_BUSY,
+                   "the home directory %s is already in use by another memcacheq%s%s%s",
+                   path, n > 0 ? " (pid " : "", n > 0 ? buf : "", n > 0 ? ")" : "");
+      return NULL;
+    }
+
+  home = g_new0 (McqHome, 1);
+  home->path = g_strdup (path);
+  home->lock_fd = fd;
+  mcq_home_write_pid (home);
+  return home;
+}
+
+void
+mcq_home_write_pid (McqHome *home)
+{
+  char buf[32];
+  int n = g_snprintf (buf, sizeof buf, "%ld\n", (long) getpid ());
+
+  if (ftruncate (home->lock_fd, 0) != 0 || pwrite (home->lock_fd, buf, (size_t) n, 0) != n)
+    g_debug ("could not record the pid in the lock file: %s", g_strerror (errno));
+}
+
+void
+mcq_home_release (McqHome *home)
+{
+  if (home == NULL)
+    return;
+  if (ftruncate (home->lock_fd, 0) != 0)
+    g_debug ("could not clear the lock file");
+  close (home->lock_fd);
+  g_free (home->path);
+  g_free (home);
+}

@@ -1,0 +1,52 @@
+/* log.c — memcacheq's GLib structured log writer.
+ * Sends records to journald when stderr is connected to it (as systemd
+ * sets up services), to stderr otherwise, dropping what -v did not ask for. */
+#include "log.h"
+
+#include <stdio.h>
+#include <unistd.h>
+
+static int verbosity_level;   /* atomic */
+static gboolean to_journal;
+
+static gboolean
+wanted (GLogLevelFlags level)
+{
+  int v = g_atomic_int_get (&verbosity_level);
+
+  if (level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING | G_LOG_LEVEL_MESSAGE))
+    return TRUE;
+  if (level & G_LOG_LEVEL_INFO)
+    return v >= 1;
+  return v >= 2;
+}
+
+static GLogWriterOutput
+writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
+{
+  if (!wanted (level))
+    return G_LOG_WRITER_HANDLED;
+  if (to_journal && g_log_writer_journald (level, fields, n_fields, user_data) == G_LOG_WRITER_HANDLED)
+    return G_LOG_WRITER_HANDLED;
+  /* GLib's own stream writer sends info and debug to stdout; a daemon's
+   * log belongs on stderr whatever its level. */
+  g_autofree char *line = g_log_writer_format_fields (level, fields, n_fields,
+                                                      g_log_writer_supports_color (fileno (stderr)));
+  fprintf (stderr, "%s\n", line);
+  fflush (stderr);
+  return G_LOG_WRITER_HANDLED;
+}
+
+void
+mcq_log_set_verbosity (int verbosity)
+{
+  g_atomic_int_set (&verbosity_level, verbosity);
+}
+
+void
+mcq_log_setup (int verbosity)
+{
+  mcq_log_set_verbosity (verbosity);
+  to_journal = g_log_writer_is_journald (fileno (stderr));
+  g_log_set_writer_func (writer, NULL, NULL);
+}

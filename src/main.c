@@ -1,0 +1,334 @@
+/* main.c — memcacheq's entry point: options → home → sockets → privileges →
+ * store → main loop, and the orderly shutdown on SIGTERM/SIGINT.  Everything
+ * it wires together lives in its own module. */
+#include <errno.h>
+#include <fcntl.h>
+#include <gio/gio.h>
+#include <glib-unix.h>
+#include <grp.h>
+#include <locale.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "connection.h"
+#include "home.h"
+#include "listener.h"
+#include "log.h"
+#include "options.h"
+#include "sdglue.h"
+#include "server.h"
+#include "store.h"
+
+#define SHUTDOWN_GRACE_US (10 * G_USEC_PER_SEC)
+#define STATUS_INTERVAL_S 5
+
+static const char license_text[] =
+  "memcacheq " MCQ_VERSION "\n"
+  "Copyright (c) the memcacheq developers.\n"
+  "Licensed under the BSD 3-Clause license: redistribution and use in source and\n"
+  "binary forms, with or without modification, are permitted provided that the\n"
+  "copyright notice, the conditions and the disclaimer are retained; the names of\n"
+  "the authors may not be used to endorse derived products.  This software is\n"
+  "provided \"as is\", without any warranty.\n";
+
+typedef struct {
+  GMainLoop *loop;
+  McqServer *server;
+  int signal_received;
+} Daemon;
+
+static int
+fail (const char *message)
+{
+  g_printerr ("memcacheq: %s\n", message);
+  return 1;
+}
+
+static gboolean
+on_stop_signal (gpointer data)
+{
+  Daemon *d = data;
+  d->signal_received = 1;
+  g_main_loop_quit (d->loop);
+  return G_SOURCE_CONTINUE;
+}
+
+static char *
+status_line (McqServer *srv)
+{
+  return g_strdup_printf ("%" G_GUINT64_FORMAT " queues, %" G_GUINT64_FORMAT
+                          " messages, %u connections, %s",
+                          mcq_store_queue_count (srv->store), mcq_store_total_depth (srv->store),
+                          srv->curr_conns, srv->durable ? "durable" : "no-sync");
+}
+
+static gboolean
+on_status_tick (gpointer data)
+{
+  g_autofree char *line = status_line (data);
+  mcq_sd_status (line);
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+drop_privileges (const char *user, GError **error)
+{
+  struct passwd *pw = getpwnam (user);
+
+  if (pw == NULL)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "-u/--user: no such user “%s”", user);
+      return FALSE;
+    }
+  if (initgroups (pw->pw_name, pw->pw_gid) != 0 || setgid (pw->pw_gid) != 0 ||
+      setuid (pw->pw_uid) != 0)
+    {
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errno),
+                   "-u/--user: cannot switch to “%s”: %s", user, g_strerror (errno));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* Forks; the parent waits until the child reports it is serving (or has
+ * failed) and exits with that status, so "memcacheq -d" in a script returns
+ * only once the daemon is usable. */
+static int
+daemonize (void)
+{
+  int fds[2];
+  pid_t pid;
+  char status = 1;
+
+  if (pipe2 (fds, O_CLOEXEC) != 0)
+    return -1;
+  pid = fork ();
+  if (pid < 0)
+    return -1;
+  if (pid > 0)
+    {
+      close (fds[1]);
+      if (read (fds[0], &status, 1) != 1)
+        status = 1;
+      _exit (status);
+    }
+  close (fds[0]);
+  setsid ();
+  return fds[1];
+}
+
+static void
+daemon_ready (int notify_fd, char status)
+{
+  int null;
+
+  if (notify_fd < 0)
+    return;
+  if (status == 0 && (null = open ("/dev/null", O_RDWR)) >= 0)
+    {
+      dup2 (null, STDIN_FILENO);
+      dup2 (null, STDOUT_FILENO);
+      dup2 (null, STDERR_FILENO);
+      if (null > STDERR_FILENO)
+        close (null);
+    }
+  if (write (notify_fd, &status, 1) != 1)
+    g_debug ("the parent process is gone");
+  close (notify_fd);
+}
+
+static gboolean
+write_pidfile (const char *path, GError **error)
+{
+  g_autofree char *text = g_strdup_printf ("%ld\n", (long) getpid ());
+  g_autoptr(GError) local = NULL;
+
+  if (!g_file_set_contents (path, text, -1, &local))
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "-P/--pidfile: %s", local->message);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* Shutdown: stop reading, let every op already in the store finish and its
+ * reply go out, then close.  Bounded, so a client that never reads cannot
+ * hold the daemon up. */
+static void
+drain (McqServer *srv)
+{
+  gint64 deadline = g_get_monotonic_time () + SHUTDOWN_GRACE_US;
+  g_autoptr(GList) conns = g_list_copy (srv->conns);
+
+  srv->stopping = TRUE;
+  for (GList *l = conns; l != NULL; l = l->next)
+    if (g_list_find (srv->conns, l->data))
+      mcq_connection_drain (l->data);
+  while ((srv->conns != NULL || mcq_store_pending (srv->store) > 0) &&
+         g_get_monotonic_time () < deadline)
+    if (!g_main_context_iteration (NULL, FALSE))
+      g_usleep (1000);
+  mcq_connection_close_all (srv);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_auto(McqOptions) opts;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(McqListener) listener = NULL;
+  g_autoptr(McqHome) home = NULL;
+  g_autoptr(GPtrArray) warnings = NULL;
+  g_autofree char *home_path = NULL;
+  g_autofree char *status = NULL;
+  McqStoreConfig store_cfg = { 0 };
+  McqServer server = { 0 };
+  Daemon d = { 0 };
+  int activated, notify_fd = -1;
+
+  setlocale (LC_ALL, "");
+  mcq_options_init (&opts);
+  if (!mcq_options_parse (&opts, &argc, &argv, &error) || !mcq_options_check (&opts, &error))
+    return fail (error->message);
+  if (opts.show_version)
+    {
+      g_print ("memcacheq %s\n", MCQ_VERSION);
+      return 0;
+    }
+  if (opts.show_license)
+    {
+      g_print ("%s", license_text);
+      return 0;
+    }
+
+  mcq_log_setup (opts.verbosity);
+  warnings = mcq_options_warnings (&opts);
+  for (guint i = 0; i < warnings->len; i++)
+    g_warning ("%s", (const char *) warnings->pdata[i]);
+
+  if (opts.core_unlimited)
+    {
+      struct rlimit rl;
+      if (getrlimit (RLIMIT_CORE, &rl) == 0)
+        {
+          rl.rlim_cur = rl.rlim_max;
+          if (setrlimit (RLIMIT_CORE, &rl) != 0)
+            g_warning ("-r/--enable-coredumps: %s", g_strerror (errno));
+        }
+    }
+
+  /* Sockets first: a privileged port must be bound before dropping root. */
+  listener = mcq_listener_new ();
+  activated = mcq_listener_adopt_activated (listener, &error);
+  if (activated < 0)
+    return fail (error->message);
+  if (activated > 0)
+    {
+      if (opts.port_given || opts.listen_addr || opts.unix_path)
+        g_info ("using the %d socket(s) passed by the service manager; -p/-l/-s are not used", activated);
+    }
+  else
+    {
+      if (opts.unix_path && !mcq_listener_add_unix (listener, opts.unix_path, opts.unix_mask, &error))
+        return fail (error->message);
+      if ((opts.unix_path == NULL || opts.port_given) && opts.port != 0 &&
+          !mcq_listener_add_tcp (listener, opts.listen_addr ? opts.listen_addr : "127.0.0.1",
+                                 (guint16) opts.port, &error))
+        return fail (error->message);
+      if (mcq_listener_describe (listener)[0] == '\0')
+        return fail ("nothing to listen on: -p 0 was given without -s");
+    }
+
+  if (getuid () == 0 || geteuid () == 0)
+    {
+      if (opts.user != NULL)
+        {
+          if (!drop_privileges (opts.user, &error))
+            return fail (error->message);
+        }
+      else
+        g_warning ("running as root; use -u/--user to run as an unprivileged user");
+    }
+  else if (opts.user != NULL)
+    g_warning ("-u/--user is ignored: memcacheq was not started as root");
+
+  home_path = mcq_options_home (&opts);
+  home = mcq_home_acquire (home_path, &error);
+  if (home == NULL)
+    return fail (error->message);
+
+  if (opts.daemonize)
+    {
+      notify_fd = daemonize ();
+      if (notify_fd < 0)
+        return fail ("-d/--daemon: cannot fork");
+      mcq_home_write_pid (home);
+    }
+
+  store_cfg.home = home_path;
+  store_cfg.cache_bytes = opts.cache_mb * 1024 * 1024;
+  store_cfg.page_size = opts.page_size;
+  store_cfg.log_buffer_bytes = opts.log_buffer_kb * 1024;
+  store_cfg.checkpoint_interval_s = opts.checkpoint_s;
+  store_cfg.trickle_interval_s = opts.trickle_s;
+  store_cfg.trickle_percent = opts.trickle_percent;
+  store_cfg.no_sync = opts.no_sync;
+  store_cfg.log_auto_remove = opts.log_auto_remove;
+  server.store = mcq_store_open (&store_cfg, &error);
+  if (server.store == NULL)
+    {
+      g_autofree char *msg = g_strdup_printf ("%s (home %s)", error->message, home_path);
+      daemon_ready (notify_fd, 1);
+      return fail (msg);
+    }
+  server.max_body = opts.max_body;
+  server.max_conns = opts.max_conns;
+  server.durable = !opts.no_sync;
+  server.start_time = g_get_real_time () / G_USEC_PER_SEC;
+  server.start_monotonic = g_get_monotonic_time ();
+
+  if (opts.pidfile && !write_pidfile (opts.pidfile, &error))
+    {
+      daemon_ready (notify_fd, 1);
+      mcq_store_close (server.store);
+      return fail (error->message);
+    }
+
+  d.loop = g_main_loop_new (NULL, FALSE);
+  d.server = &server;
+  g_unix_signal_add (SIGTERM, on_stop_signal, &d);
+  g_unix_signal_add (SIGINT, on_stop_signal, &d);
+  signal (SIGPIPE, SIG_IGN);
+  signal (SIGHUP, SIG_IGN);
+
+  mcq_listener_start (listener, &server);
+  status = status_line (&server);
+  mcq_sd_ready (status);
+  mcq_sd_watchdog_start ();
+  guint status_source = g_timeout_add_seconds (STATUS_INTERVAL_S, on_status_tick, &server);
+  g_message ("memcacheq %s ready on %s; home %s; %s", MCQ_VERSION,
+             mcq_listener_describe (listener), home_path,
+             server.durable ? "durable (STORED after fsync)" : "no-sync (-N)");
+  daemon_ready (notify_fd, 0);
+
+  g_main_loop_run (d.loop);
+
+  mcq_sd_stopping ();
+  g_message ("shutting down: finishing in-flight requests");
+  g_source_remove (status_source);
+  g_clear_pointer (&listener, mcq_listener_free);
+  drain (&server);
+  mcq_sd_watchdog_stop ();
+  mcq_store_close (server.store);
+  if (opts.pidfile)
+    unlink (opts.pidfile);
+  g_main_loop_unref (d.loop);
+  g_message ("stopped cleanly");
+  return 0;
+}

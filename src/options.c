@@ -1,0 +1,269 @@
+/* options.c — command-line options of memcacheq and their validation.
+ * Every option of memcacheq 0.2.1 is accepted; each is either implemented
+ * or named in a warning (or an error) saying why it does nothing here. */
+#include "options.h"
+
+#include <string.h>
+
+#include "config.h"
+#include "protocol.h"
+
+#define DEFAULT_PORT 22201
+#define DEFAULT_MAX_BODY (1024 * 1024)
+#define MAX_MAX_BODY (1024 * 1024 * 1024)
+
+void
+mcq_options_init (McqOptions *o)
+{
+  memset (o, 0, sizeof *o);
+  o->port = DEFAULT_PORT;
+  o->unix_mask = 0700;
+  o->max_conns = 1024;
+  o->threads = 4;
+  o->cache_mb = 64;
+  o->page_size = 4096;
+  o->log_buffer_kb = 32;
+  o->checkpoint_s = 300;
+  o->trickle_s = 30;
+  o->trickle_percent = 60;
+  o->stats_dump_s = 30;
+  o->extent_pages = 16384;
+  o->max_body = DEFAULT_MAX_BODY;
+  o->deadlock_ms = 100;
+  o->given = g_ptr_array_new_with_free_func (g_free);
+}
+
+void
+mcq_options_clear (McqOptions *o)
+{
+  g_free (o->listen_addr);
+  g_free (o->unix_path);
+  g_free (o->user);
+  g_free (o->pidfile);
+  g_free (o->home);
+  g_clear_pointer (&o->given, g_ptr_array_unref);
+}
+
+gboolean
+mcq_option_parse_uint (const char *name, const char *value, guint64 min, guint64 max,
+                       guint64 *out, GError **error)
+{
+  guint64 v;
+
+  if (!mcq_parse_u64 (value, strlen (value), &v) || v < min || v > max)
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                   "%s: invalid value “%s”: expected a whole number from %" G_GUINT64_FORMAT
+                   " to %" G_GUINT64_FORMAT, name, value, min, max);
+      return FALSE;
+    }
+  *out = v;
+  return TRUE;
+}
+
+/* One table drives both GOption and the numeric checks. */
+typedef struct {
+  char short_name;
+  const char *long_name;
+  gsize offset;                 /* into McqOptions */
+  int kind;                     /* 'u' guint, 'U' guint64, 'o' octal guint */
+  guint64 min, max;
+  const char *arg;
+  const char *help;
+} NumericOption;
+
+#define OFF(field) G_STRUCT_OFFSET (McqOptions, field)
+
+static const NumericOption numeric_options[] = {
+  { 'p', "port", OFF (port), 'u', 0, 65535, "PORT", "TCP port to listen on (default 22201; 0: none)" },
+  { 'U', "udp-port", OFF (udp_port), 'u', 0, 65535, "PORT", "UDP port: only 0 is accepted, UDP is not offered" },
+  { 'a', "unix-mask", OFF (unix_mask), 'o', 0, 0777, "MODE", "octal permissions of the unix socket (default 0700)" },
+  { 'c', "max-conns", OFF (max_conns), 'u', 1, 1048576, "N", "most simultaneous connections (default 1024)" },
+  { 't', "threads", OFF (threads), 'u', 1, 1024, "N", "accepted for compatibility; memcacheq runs one network and one storage thread" },
+  { 'm', "cache-size", OFF (cache_mb), 'U', 1, 1024 * 1024, "MB", "Berkeley DB cache size in MiB (default 64)" },
+  { 'A', "page-size", OFF (page_size), 'u', 512, 65536, "BYTES", "database page size, a power of two from 512 to 65536 (default 4096)" },
+  { 'L', "log-buffer", OFF (log_buffer_kb), 'u', 1, 1024 * 1024, "KB", "transaction log buffer in KiB (default 32)" },
+  { 'C', "checkpoint-interval", OFF (checkpoint_s), 'u', 0, 86400 * 7, "SECONDS", "seconds between checkpoints (default 300; 0: only at shutdown)" },
+  { 'T', "trickle-interval", OFF (trickle_s), 'u', 0, 86400, "SECONDS", "seconds between cache trickle writes (default 30; 0: never)" },
+  { 'e', "trickle-percent", OFF (trickle_percent), 'u', 1, 100, "PERCENT", "percent of the cache trickle keeps clean (default 60)" },
+  { 'S', "stats-interval", OFF (stats_dump_s), 'u', 0, 86400, "SECONDS", "accepted for compatibility; counters are saved in every transaction" },
+  { 'E', "extent-pages", OFF (extent_pages), 'u', 1, G_MAXUINT32, "PAGES", "accepted for compatibility; applies to DB_QUEUE, which memcacheq does not use" },
+  { 'B', "max-body", OFF (max_body), 'U', 1, MAX_MAX_BODY, "BYTES", "largest message body in bytes (default 1048576)" },
+  { 'D', "deadlock-interval", OFF (deadlock_ms), 'u', 1, 3600000, "MS", "accepted for compatibility; deadlocks are detected at once" },
+};
+
+static gboolean
+on_numeric (const char *option_name, const char *value, gpointer data, GError **error)
+{
+  McqOptions *o = data;
+  const NumericOption *def = NULL;
+  guint64 v;
+
+  for (guint i = 0; i < G_N_ELEMENTS (numeric_options); i++)
+    {
+      const NumericOption *n = &numeric_options[i];
+      if ((option_name[1] != '-' && option_name[1] == n->short_name && option_name[2] == '\0') ||
+          (option_name[1] == '-' && strcmp (option_name + 2, n->long_name) == 0))
+        def = n;
+    }
+  g_return_val_if_fail (def != NULL, FALSE);
+
+  g_autofree char *name = g_strdup_printf ("-%c/--%s", def->short_name, def->long_name);
+  if (def->kind == 'o')
+    {
+      char *end = NULL;
+      guint64 m = g_ascii_strtoull (value, &end, 8);
+      if (*value == '\0' || *end != '\0' || m > def->max || strspn (value, "01234567") != strlen (value))
+        {
+          g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                       "%s: invalid value “%s”: expected an octal mode such as 0700", name, value);
+          return FALSE;
+        }
+      v = m;
+    }
+  else if (!mcq_option_parse_uint (name, value, def->min, def->max, &v, error))
+    return FALSE;
+
+  if (def->kind == 'U')
+    *(guint64 *) G_STRUCT_MEMBER_P (o, def->offset) = v;
+  else
+    *(guint *) G_STRUCT_MEMBER_P (o, def->offset) = (guint) v;
+  if (def->short_name == 'p')
+    o->port_given = TRUE;
+  g_ptr_array_add (o->given, g_strdup_printf ("%c", def->short_name));
+  return TRUE;
+}
+
+static gboolean
+on_verbose (const char *option_name, const char *value, gpointer data, GError **error)
+{
+  McqOptions *o = data;
+  o->verbosity++;
+  return TRUE;
+}
+
+gboolean
+mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **error)
+{
+  g_autoptr(GOptionContext) ctx = g_option_context_new (NULL);
+  GOptionGroup *group;
+  GArray *entries = g_array_new (TRUE, TRUE, sizeof (GOptionEntry));
+  const GOptionEntry fixed[] = {
+    { "listen", 'l', 0, G_OPTION_ARG_STRING, &o->listen_addr, "address to listen on (default 127.0.0.1)", "ADDR" },
+    { "unix-socket", 's', 0, G_OPTION_ARG_FILENAME, &o->unix_path, "listen on this unix stream socket instead of TCP", "PATH" },
+    { "home", 'H', 0, G_OPTION_ARG_FILENAME, &o->home, "database home directory (default $STATE_DIRECTORY or $XDG_STATE_HOME/memcacheq)", "DIR" },
+    { "no-sync", 'N', 0, G_OPTION_ARG_NONE, &o->no_sync, "do not sync the log on commit: faster, but a crash may lose acknowledged messages", NULL },
+    { "auto-remove-logs", 'R', 0, G_OPTION_ARG_NONE, &o->log_auto_remove, "remove log files as soon as they are no longer needed", NULL },
+    { "daemon", 'd', 0, G_OPTION_ARG_NONE, &o->daemonize, "run in the background once ready", NULL },
+    { "enable-coredumps", 'r', 0, G_OPTION_ARG_NONE, &o->core_unlimited, "raise the core file size limit to the maximum", NULL },
+    { "user", 'u', 0, G_OPTION_ARG_STRING, &o->user, "switch to this user when started as root", "USER" },
+    { "pidfile", 'P', 0, G_OPTION_ARG_FILENAME, &o->pidfile, "write the process id to this file", "FILE" },
+    { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, on_verbose, "more log output (-vv: debug)", NULL },
+    { "license", 'i', 0, G_OPTION_ARG_NONE, &o->show_license, "print the license and exit", NULL },
+    { "version", 'V', 0, G_OPTION_ARG_NONE, &o->show_version, "print the version and exit", NULL },
+  };
+
+  g_array_append_vals (entries, fixed, G_N_ELEMENTS (fixed));
+  for (guint i = 0; i < G_N_ELEMENTS (numeric_options); i++)
+    {
+      const NumericOption *n = &numeric_options[i];
+      GOptionEntry e = { n->long_name, n->short_name, 0, G_OPTION_ARG_CALLBACK,
+                         (gpointer) on_numeric, n->help, n->arg };
+      g_array_append_val (entries, e);
+    }
+
+  group = g_option_group_new ("memcacheq", "memcacheq options", "memcacheq options", o, NULL);
+  g_option_group_add_entries (group, (GOptionEntry *) entries->data);
+  g_option_context_set_main_group (ctx, group);
+  g_option_context_set_summary (ctx,
+      "A persistent message queue speaking the memcache text protocol.\n"
+      "“set QUEUE 0 0 LEN” appends a message, “get QUEUE” takes the oldest one.");
+  g_option_context_set_description (ctx,
+      "Messages are kept in a transactional Berkeley DB environment; by default\n"
+      "STORED is sent only once the message is on disk.  Report bugs to the memcacheq project.");
+
+  gboolean ok = g_option_context_parse (ctx, argc, argv, error);
+  g_array_unref (entries);
+  if (ok && *argc > 1)
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
+                   "unexpected argument “%s” (see --help)", (*argv)[1]);
+      return FALSE;
+    }
+  return ok;
+}
+
+static gboolean
+given (const McqOptions *o, char c)
+{
+  for (guint i = 0; i < o->given->len; i++)
+    if (((const char *) o->given->pdata[i])[0] == c)
+      return TRUE;
+  return FALSE;
+}
+
+gboolean
+mcq_options_check (const McqOptions *o, GError **error)
+{
+  if (o->udp_port != 0)
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                   "-U/--udp-port: UDP is not supported by memcacheq (a queue needs "
+                   "reliable delivery); use TCP or a unix socket");
+      return FALSE;
+    }
+  if ((o->page_size & (o->page_size - 1)) != 0)
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                   "-A/--page-size: %u is not a power of two", o->page_size);
+      return FALSE;
+    }
+  if (o->home != NULL && o->home[0] == '\0')
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "-H/--home: empty path");
+      return FALSE;
+    }
+  if (o->unix_path != NULL && o->unix_path[0] == '\0')
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "-s/--unix-socket: empty path");
+      return FALSE;
+    }
+  return TRUE;
+}
+
+GPtrArray *
+mcq_options_warnings (const McqOptions *o)
+{
+  GPtrArray *w = g_ptr_array_new_with_free_func (g_free);
+
+  if (given (o, 't'))
+    g_ptr_array_add (w, g_strdup ("-t/--threads is ignored: memcacheq serves every connection "
+                                  "from one network thread and runs transactions on one storage thread"));
+  if (given (o, 'S'))
+    g_ptr_array_add (w, g_strdup ("-S/--stats-interval is ignored: queue counters are saved in "
+                                  "the same transaction as every message"));
+  if (given (o, 'E'))
+    g_ptr_array_add (w, g_strdup ("-E/--extent-pages is ignored: it applies to DB_QUEUE "
+                                  "databases, which memcacheq does not use"));
+  if (given (o, 'D'))
+    g_ptr_array_add (w, g_strdup ("-D/--deadlock-interval is ignored: deadlocks are detected "
+                                  "as soon as a lock conflict happens"));
+  return w;
+}
+
+char *
+mcq_options_home (const McqOptions *o)
+{
+  const char *state;
+
+  if (o->home != NULL)
+    return g_strdup (o->home);
+  state = g_getenv ("STATE_DIRECTORY");
+  if (state != NULL && state[0] != '\0')
+    {
+      /* systemd lists several directories separated by ':'; ours is first. */
+      const char *colon = strchr (state, ':');
+      return colon ? g_strndup (state, (gsize) (colon - state)) : g_strdup (state);
+    }
+  return g_build_filename (g_get_user_state_dir (), "memcacheq", NULL);
+}

@@ -1,0 +1,351 @@
+/* protocol.c — parser for memcacheq's memcache text protocol.
+ * Turns the head of an input buffer into one McqRequest or an error reply;
+ * it owns the wire grammar and error texts, and nothing about I/O or storage. */
+#include "protocol.h"
+
+#include <string.h>
+
+#define ERR_FORMAT   "CLIENT_ERROR bad command line format\r\n"
+#define ERR_CHUNK    "CLIENT_ERROR bad data chunk\r\n"
+#define ERR_TOOLARGE "SERVER_ERROR object too large for cache\r\n"
+#define ERR_LINE     "CLIENT_ERROR line too long\r\n"
+#define ERR_UNKNOWN  "ERROR\r\n"
+#define ERR_KEYLEN   "CLIENT_ERROR key too long\r\n"
+#define ERR_KEYCTRL  "CLIENT_ERROR key contains control characters\r\n"
+
+/* Enough tokens for every fixed-form command; GET keys are walked lazily. */
+#define MAX_TOKENS 8
+
+gboolean
+mcq_parse_u64 (const char *s, size_t len, guint64 *out)
+{
+  guint64 v = 0;
+
+  if (len == 0 || len > 20)
+    return FALSE;
+  for (size_t i = 0; i < len; i++)
+    {
+      if (s[i] < '0' || s[i] > '9')
+        return FALSE;
+      guint64 d = (guint64) (s[i] - '0');
+      if (v > (G_MAXUINT64 - d) / 10)
+        return FALSE;
+      v = v * 10 + d;
+    }
+  *out = v;
+  return TRUE;
+}
+
+gboolean
+mcq_parse_i64 (const char *s, size_t len, gint64 *out)
+{
+  gboolean neg = FALSE;
+  guint64 v;
+
+  if (len > 0 && s[0] == '-')
+    {
+      neg = TRUE;
+      s++;
+      len--;
+    }
+  if (!mcq_parse_u64 (s, len, &v))
+    return FALSE;
+  if (neg)
+    {
+      if (v > (guint64) G_MAXINT64 + 1)
+        return FALSE;
+      *out = (gint64) (0 - v);
+    }
+  else
+    {
+      if (v > (guint64) G_MAXINT64)
+        return FALSE;
+      *out = (gint64) v;
+    }
+  return TRUE;
+}
+
+const char *
+mcq_check_key (const char *key, size_t len)
+{
+  if (len > MCQ_KEY_MAX)
+    return ERR_KEYLEN;
+  for (size_t i = 0; i < len; i++)
+    {
+      guchar c = (guchar) key[i];
+      if (c < 0x20 || c == 0x7f)
+        return ERR_KEYCTRL;
+    }
+  return NULL;
+}
+
+static gboolean
+span_is (McqSpan s, const char *word)
+{
+  size_t n = strlen (word);
+  return s.len == n && memcmp (s.ptr, word, n) == 0;
+}
+
+/* Splits a line on runs of spaces.  Returns the number of tokens found (at
+ * most max); *rest is set to the untokenised remainder (empty when all of
+ * the line fit). */
+static guint
+tokenize (const char *line, size_t len, McqSpan *tok, guint max, McqSpan *rest)
+{
+  size_t i = 0;
+  guint n = 0;
+
+  while (i < len && n < max)
+    {
+      while (i < len && line[i] == ' ')
+        i++;
+      if (i == len)
+        break;
+      size_t start = i;
+      while (i < len && line[i] != ' ')
+        i++;
+      tok[n].ptr = line + start;
+      tok[n].len = i - start;
+      n++;
+    }
+  while (i < len && line[i] == ' ')
+    i++;
+  rest->ptr = line + i;
+  rest->len = len - i;
+  return n;
+}
+
+static McqParseResult
+result (McqParseStatus status, size_t consumed, const char *error)
+{
+  McqParseResult r = { .status = status, .consumed = consumed, .error = error };
+  return r;
+}
+
+gboolean
+mcq_request_next_key (const McqRequest *req, size_t *pos, McqSpan *key)
+{
+  const char *p = req->key.ptr;
+  size_t len = req->key.len;
+  size_t i = *pos;
+
+  while (i < len && p[i] == ' ')
+    i++;
+  if (i == len)
+    {
+      *pos = i;
+      return FALSE;
+    }
+  size_t start = i;
+  while (i < len && p[i] != ' ')
+    i++;
+  key->ptr = p + start;
+  key->len = i - start;
+  *pos = i;
+  return TRUE;
+}
+
+/* "set <key> <flags> <exptime> <bytes> [noreply]" followed by the body. */
+static McqParseResult
+parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
+           const McqSpan *tok, const McqSpan *rest, guint64 max_body, McqRequest *req)
+{
+  guint64 flags, bytes;
+  gint64 exptime;
+  const char *key_error;
+
+  if (ntok < 5 || ntok > 6 || rest->len > 0)
+    return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
+  if (!mcq_parse_u64 (tok[4].ptr, tok[4].len, &bytes) ||
+      !mcq_parse_u64 (tok[2].ptr, tok[2].len, &flags) || flags > G_MAXUINT32 ||
+      !mcq_parse_i64 (tok[3].ptr, tok[3].len, &exptime) ||
+      (ntok == 6 && !span_is (tok[5], "noreply")))
+    return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
+
+  /* From here on the byte count is trusted, so any error also swallows the
+   * body: the client will send it whatever we answer. */
+  key_error = mcq_check_key (tok[1].ptr, tok[1].len);
+  if (key_error != NULL || bytes > max_body)
+    {
+      McqParseResult r = result (MCQ_PARSE_ERROR, line_end,
+                                 key_error != NULL ? key_error : ERR_TOOLARGE);
+      r.discard = bytes + 2;
+      return r;
+    }
+
+  if (len - line_end < bytes + 2)
+    return result (MCQ_PARSE_NEED_MORE, 0, NULL);
+
+  const char *body = buf + line_end;
+  if (body[bytes] != '\r' || body[bytes + 1] != '\n')
+    {
+      /* Longer than declared (or garbage after it): drop the declared body
+       * and the rest of that line so the next request starts clean. */
+      McqParseResult r = result (MCQ_PARSE_ERROR, line_end + bytes, ERR_CHUNK);
+      r.skip_line = TRUE;
+      return r;
+    }
+
+  req->cmd = MCQ_CMD_SET;
+  req->key = tok[1];
+  req->flags = (guint32) flags;
+  req->bytes = bytes;
+  req->body.ptr = body;
+  req->body.len = bytes;
+  req->noreply = ntok == 6;
+  return result (MCQ_PARSE_REQUEST, line_end + bytes + 2, NULL);
+}
+
+static McqParseResult
+parse_get (size_t line_end, const McqSpan *tok, guint ntok, const char *line,
+           size_t line_len, McqRequest *req)
+{
+  McqSpan keys, k;
+  size_t pos = 0;
+  guint n = 0;
+
+  if (ntok < 2)
+    return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+
+  keys.ptr = tok[1].ptr;
+  keys.len = line_len - (size_t) (tok[1].ptr - line);
+  req->key = keys;
+  while (mcq_request_next_key (req, &pos, &k))
+    {
+      const char *err = mcq_check_key (k.ptr, k.len);
+      if (err != NULL)
+        return result (MCQ_PARSE_ERROR, line_end, err);
+      n++;
+    }
+  req->cmd = MCQ_CMD_GET;
+  req->nkeys = n;
+  req->with_cas = tok[0].len == 4;
+  return result (MCQ_PARSE_REQUEST, line_end, NULL);
+}
+
+/* Storage verbs a cache has and a queue does not.  They are answered ERROR
+ * like any unknown command, but their body is swallowed so that the
+ * connection stays in step with the client. */
+static gboolean
+is_foreign_storage_verb (McqSpan verb)
+{
+  return span_is (verb, "add") || span_is (verb, "replace") || span_is (verb, "append") ||
+         span_is (verb, "prepend") || span_is (verb, "cas");
+}
+
+McqParseResult
+mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *req)
+{
+  McqSpan tok[MAX_TOKENS], rest;
+  const char *nl;
+  size_t line_len, line_end;
+  guint ntok;
+
+  memset (req, 0, sizeof *req);
+
+  nl = memchr (buf, '\n', MIN (len, (size_t) MCQ_LINE_MAX + 1));
+  if (nl == NULL)
+    {
+      if (len > MCQ_LINE_MAX)
+        return result (MCQ_PARSE_FATAL, len, ERR_LINE);
+      return result (MCQ_PARSE_NEED_MORE, 0, NULL);
+    }
+  line_end = (size_t) (nl - buf) + 1;
+  line_len = line_end - 1;
+  if (line_len > 0 && buf[line_len - 1] == '\r')
+    line_len--;
+
+  ntok = tokenize (buf, line_len, tok, MAX_TOKENS, &rest);
+  if (ntok == 0)
+    return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+
+  if (span_is (tok[0], "get") || span_is (tok[0], "gets"))
+    return parse_get (line_end, tok, ntok, buf, line_len, req);
+
+  if (span_is (tok[0], "set"))
+    return parse_set (buf, len, line_end, ntok, tok, &rest, max_body, req);
+
+  if (rest.len > 0)
+    return result (MCQ_PARSE_ERROR, line_end, ntok > 0 && span_is (tok[0], "delete") ? ERR_FORMAT : ERR_UNKNOWN);
+
+  if (span_is (tok[0], "delete"))
+    {
+      /* delete <key> [0] [noreply] */
+      gboolean noreply = FALSE;
+      guint i;
+
+      if (ntok < 2)
+        return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+      for (i = 2; i < ntok; i++)
+        {
+          if (span_is (tok[i], "noreply") && i == ntok - 1)
+            noreply = TRUE;
+          else if (!(i == 2 && span_is (tok[i], "0")))
+            return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
+        }
+      const char *err = mcq_check_key (tok[1].ptr, tok[1].len);
+      if (err != NULL)
+        return result (MCQ_PARSE_ERROR, line_end, err);
+      req->cmd = MCQ_CMD_DELETE;
+      req->key = tok[1];
+      req->noreply = noreply;
+      return result (MCQ_PARSE_REQUEST, line_end, NULL);
+    }
+
+  if (span_is (tok[0], "stats"))
+    {
+      if (ntok == 1)
+        req->cmd = MCQ_CMD_STATS;
+      else if (ntok == 2 && span_is (tok[1], "queue"))
+        req->cmd = MCQ_CMD_STATS_QUEUE;
+      else if (ntok == 2 && span_is (tok[1], "reset"))
+        req->cmd = MCQ_CMD_STATS_RESET;
+      else
+        return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+      return result (MCQ_PARSE_REQUEST, line_end, NULL);
+    }
+
+  if (span_is (tok[0], "verbosity"))
+    {
+      guint64 level;
+
+      if (ntok < 2)
+        return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+      if (ntok > 3 || (ntok == 3 && !span_is (tok[2], "noreply")) ||
+          !mcq_parse_u64 (tok[1].ptr, tok[1].len, &level) || level > G_MAXUINT32)
+        return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
+      req->cmd = MCQ_CMD_VERBOSITY;
+      req->verbosity = (guint32) level;
+      req->noreply = ntok == 3;
+      return result (MCQ_PARSE_REQUEST, line_end, NULL);
+    }
+
+  if (ntok == 1)
+    {
+      static const struct { const char *word; McqCommand cmd; } simple[] = {
+        { "version", MCQ_CMD_VERSION },
+        { "quit", MCQ_CMD_QUIT },
+        { "db_checkpoint", MCQ_CMD_DB_CHECKPOINT },
+        { "db_archive", MCQ_CMD_DB_ARCHIVE },
+      };
+      for (guint i = 0; i < G_N_ELEMENTS (simple); i++)
+        if (span_is (tok[0], simple[i].word))
+          {
+            req->cmd = simple[i].cmd;
+            return result (MCQ_PARSE_REQUEST, line_end, NULL);
+          }
+    }
+
+  if (is_foreign_storage_verb (tok[0]) && ntok >= 5)
+    {
+      guint64 bytes;
+      if (mcq_parse_u64 (tok[4].ptr, tok[4].len, &bytes))
+        {
+          McqParseResult r = result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+          r.discard = bytes + 2;
+          return r;
+        }
+    }
+
+  return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+}

@@ -1,0 +1,979 @@
+/* store.c — persistent FIFO queues in one transactional Berkeley DB environment.
+ * Owns the DB_ENV, the message and queue databases, the store thread that runs
+ * every transaction (with group commit) and the maintenance thread. */
+#include <gio/gio.h>
+#include "store.h"
+
+#include <db.h>
+#include <errno.h>
+#include <string.h>
+
+/*
+ * Layout.
+ *  queues.db  (btree) name              -> QueueRecord (big-endian fields)
+ *  messages.db (btree) id:u32 seq:u64 BE -> flags:u32 BE, body
+ *  purge.db   (btree) id:u32 BE          -> head:u64 tail:u64 of a deleted queue
+ *
+ * A queue holds the messages [head, tail).  Big-endian keys make the btree's
+ * byte order the FIFO order, and appends land on the rightmost leaf.  Every
+ * set or get changes the message and the queue's record in one transaction,
+ * so the lifetime counters can never disagree with the messages.
+ *
+ * Deleting a queue removes its record and files its id in purge.db in one
+ * small transaction; the messages are then removed in bounded chunks when
+ * the store thread is idle, so a huge queue never makes one huge transaction.
+ * Ids are never reused, so leftover messages are unreachable meanwhile.
+ *
+ * Durability.  Every commit is DB_TXN_NOSYNC.  In durable mode the store
+ * thread runs all the ops that are waiting, then makes them durable with a
+ * single DB_ENV->log_flush, and only then releases their replies: one fsync
+ * covers every connection's commits in the batch (group commit).
+ */
+
+#define QUEUE_RECORD_SIZE (4 + 8 * 5)
+#define MSG_KEY_SIZE 12
+#define MSG_HEADER_SIZE 4
+#define BATCH_MAX 1024
+#define PURGE_CHUNK 512
+
+typedef struct {
+  char *name;
+  guint32 id;
+  guint64 head, tail;
+  guint64 enqueued, dequeued;
+  guint64 bytes;
+} Queue;
+
+struct _McqStore {
+  McqStoreConfig cfg;
+  DB_ENV *env;
+  DB *queues_db;
+  DB *messages_db;
+  DB *purge_db;
+
+  GHashTable *queues;          /* store thread only: name -> Queue* */
+  guint32 next_id;
+  gboolean purge_pending;
+
+  GAsyncQueue *inbox;
+  GThread *thread;
+  McqOp stop_op;               /* sentinel */
+
+  GThread *maint_thread;
+  GMutex maint_lock;
+  GCond maint_cond;
+  gboolean maint_stop;
+
+  gint pending;                /* atomic */
+  guint64 queue_count;         /* atomic snapshots for status lines */
+  guint64 total_depth;
+};
+
+/* ---- encoding ---------------------------------------------------------- */
+
+static void
+put_be32 (guint8 *p, guint32 v)
+{
+  v = GUINT32_TO_BE (v);
+  memcpy (p, &v, 4);
+}
+
+static void
+put_be64 (guint8 *p, guint64 v)
+{
+  v = GUINT64_TO_BE (v);
+  memcpy (p, &v, 8);
+}
+
+static guint32
+get_be32 (const guint8 *p)
+{
+  guint32 v;
+  memcpy (&v, p, 4);
+  return GUINT32_FROM_BE (v);
+}
+
+static guint64
+get_be64 (const guint8 *p)
+{
+  guint64 v;
+  memcpy (&v, p, 8);
+  return GUINT64_FROM_BE (v);
+}
+
+static void
+encode_queue (const Queue *q, guint8 out[QUEUE_RECORD_SIZE])
+{
+  put_be32 (out, q->id);
+  put_be64 (out + 4, q->head);
+  put_be64 (out + 12, q->tail);
+  put_be64 (out + 20, q->enqueued);
+  put_be64 (out + 28, q->dequeued);
+  put_be64 (out + 36, q->bytes);
+}
+
+static void
+decode_queue (const guint8 in[QUEUE_RECORD_SIZE], Queue *q)
+{
+  q->id = get_be32 (in);
+  q->head = get_be64 (in + 4);
+  q->tail = get_be64 (in + 12);
+  q->enqueued = get_be64 (in + 20);
+  q->dequeued = get_be64 (in + 28);
+  q->bytes = get_be64 (in + 36);
+}
+
+static void
+encode_msg_key (guint32 id, guint64 seq, guint8 out[MSG_KEY_SIZE])
+{
+  put_be32 (out, id);
+  put_be64 (out + 4, seq);
+}
+
+static void
+dbt_init (DBT *d, void *data, size_t size)
+{
+  memset (d, 0, sizeof *d);
+  d->data = data;
+  d->size = (u_int32_t) size;
+}
+
+static void
+queue_free (gpointer p)
+{
+  Queue *q = p;
+  g_free (q->name);
+  g_free (q);
+}
+
+/* ---- errors -------------------------------------------------------------- */
+
+static gboolean
+db_fail (int ret, GError **error, const char *what)
+{
+  int code = G_IO_ERROR_FAILED;
+  if (ret == ENOSPC || ret == EDQUOT)
+    code = G_IO_ERROR_NO_SPACE;
+  else if (ret == EACCES || ret == EPERM || ret == EROFS)
+    code = G_IO_ERROR_PERMISSION_DENIED;
+  g_set_error (error, G_IO_ERROR, code, "%s: %s", what, db_strerror (ret));
+  return FALSE;
+}
+
+static void
+bdb_errcall (const DB_ENV *env, const char *prefix, const char *msg)
+{
+  g_warning ("Berkeley DB: %s", msg);
+}
+
+/* ---- opening ------------------------------------------------------------- */
+
+static gboolean
+open_db (McqStore *s, DB **out, const char *file, GError **error)
+{
+  DB *db = NULL;
+  int ret;
+
+  if ((ret = db_create (&db, s->env, 0)) != 0)
+    return db_fail (ret, error, file);
+  if (s->cfg.page_size != 0 && (ret = db->set_pagesize (db, s->cfg.page_size)) != 0)
+    {
+      db->close (db, 0);
+      return db_fail (ret, error, "page size");
+    }
+  ret = db->open (db, NULL, file, NULL, DB_BTREE,
+                  DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, 0600);
+  if (ret != 0)
+    {
+      db->close (db, 0);
+      return db_fail (ret, error, file);
+    }
+  *out = db;
+  return TRUE;
+}
+
+static void
+publish_totals (McqStore *s)
+{
+  GHashTableIter it;
+  gpointer v;
+  guint64 depth = 0;
+
+  g_hash_table_iter_init (&it, s->queues);
+  while (g_hash_table_iter_next (&it, NULL, &v))
+    {
+      Queue *q = v;
+      depth += q->tail - q->head;
+    }
+  __atomic_store_n (&s->queue_count, (guint64) g_hash_table_size (s->queues), __ATOMIC_RELAXED);
+  __atomic_store_n (&s->total_depth, depth, __ATOMIC_RELAXED);
+}
+
+static gboolean
+load_queues (McqStore *s, GError **error)
+{
+  DBC *cur = NULL;
+  DBT k, v;
+  int ret;
+
+  if ((ret = s->queues_db->cursor (s->queues_db, NULL, &cur, 0)) != 0)
+    return db_fail (ret, error, "queues.db");
+  dbt_init (&k, NULL, 0);
+  dbt_init (&v, NULL, 0);
+  while ((ret = cur->get (cur, &k, &v, DB_NEXT)) == 0)
+    {
+      Queue *q;
+      if (v.size != QUEUE_RECORD_SIZE || k.size == 0 || k.size > 250)
+        {
+          cur->close (cur);
+          g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                       "queues.db holds a malformed record (%u bytes)", v.size);
+          return FALSE;
+        }
+      q = g_new0 (Queue, 1);
+      decode_queue (v.data, q);
+      q->name = g_strndup (k.data, k.size);
+      s->next_id = MAX (s->next_id, q->id + 1);
+      g_hash_table_insert (s->queues, q->name, q);
+    }
+  cur->close (cur);
+  if (ret != DB_NOTFOUND)
+    return db_fail (ret, error, "queues.db");
+
+  if ((ret = s->purge_db->cursor (s->purge_db, NULL, &cur, 0)) != 0)
+    return db_fail (ret, error, "purge.db");
+  while ((ret = cur->get (cur, &k, &v, DB_NEXT)) == 0)
+    {
+      if (k.size == 4)
+        s->next_id = MAX (s->next_id, get_be32 (k.data) + 1);
+      s->purge_pending = TRUE;
+    }
+  cur->close (cur);
+  if (ret != DB_NOTFOUND)
+    return db_fail (ret, error, "purge.db");
+  publish_totals (s);
+  return TRUE;
+}
+
+static gpointer store_thread (gpointer data);
+static gpointer maint_thread (gpointer data);
+
+McqStore *
+mcq_store_open (const McqStoreConfig *cfg, GError **error)
+{
+  g_autofree McqStore *s = g_new0 (McqStore, 1);
+  DB_ENV *env = NULL;
+  int ret;
+
+  s->cfg = *cfg;
+  s->cfg.home = g_strdup (cfg->home);
+  s->next_id = 1;
+
+  if ((ret = db_env_create (&env, 0)) != 0)
+    {
+      db_fail (ret, error, "creating the Berkeley DB environment");
+      g_free (s->cfg.home);
+      return NULL;
+    }
+  s->env = env;
+  env->set_errcall (env, bdb_errcall);
+  env->set_cachesize (env, (u_int32_t) (cfg->cache_bytes >> 30),
+                      (u_int32_t) (cfg->cache_bytes & ((1u << 30) - 1)), 1);
+  if (cfg->log_buffer_bytes != 0)
+    env->set_lg_bsize (env, cfg->log_buffer_bytes);
+  env->set_lk_detect (env, DB_LOCK_DEFAULT);
+  /* Commits never sync on their own: durable mode syncs whole batches
+   * with log_flush, -N never does. */
+  env->set_flags (env, DB_TXN_NOSYNC, 1);
+  if (cfg->log_auto_remove)
+    env->log_set_config (env, DB_LOG_AUTO_REMOVE, 1);
+
+  /* DB_PRIVATE: one process owns the environment (the home lock makes sure
+   * of it), so its regions live in our heap instead of shared files.
+   * DB_RECOVER: every start replays the log, so a kill -9 loses nothing
+   * that was flushed. */
+  ret = env->open (env, s->cfg.home,
+                   DB_CREATE | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_MPOOL | DB_INIT_TXN |
+                   DB_RECOVER | DB_PRIVATE | DB_THREAD, 0600);
+  if (ret != 0)
+    {
+      db_fail (ret, error, "opening the Berkeley DB environment");
+      env->close (env, 0);
+      g_free (s->cfg.home);
+      return NULL;
+    }
+
+  s->queues = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, queue_free);
+  if (!open_db (s, &s->queues_db, "queues.db", error) ||
+      !open_db (s, &s->messages_db, "messages.db", error) ||
+      !open_db (s, &s->purge_db, "purge.db", error) ||
+      !load_queues (s, error))
+    {
+      if (s->purge_db)
+        s->purge_db->close (s->purge_db, 0);
+      if (s->messages_db)
+        s->messages_db->close (s->messages_db, 0);
+      if (s->queues_db)
+        s->queues_db->close (s->queues_db, 0);
+      env->close (env, 0);
+      g_hash_table_destroy (s->queues);
+      g_free (s->cfg.home);
+      return NULL;
+    }
+
+  s->inbox = g_async_queue_new ();
+  g_mutex_init (&s->maint_lock);
+  g_cond_init (&s->maint_cond);
+  s->thread = g_thread_new ("mcq-store", store_thread, s);
+  s->maint_thread = g_thread_new ("mcq-maint", maint_thread, s);
+  return g_steal_pointer (&s);
+}
+
+/* ---- ops ----------------------------------------------------------------- */
+
+void
+mcq_op_add_key (McqOp *op, const char *key, size_t len)
+{
+  if (op->keys == NULL)
+    op->keys = g_byte_array_new ();
+  g_byte_array_append (op->keys, (const guint8 *) key, (guint) len);
+  g_byte_array_append (op->keys, (const guint8 *) "", 1);
+  op->nkeys++;
+}
+
+const char *
+mcq_op_next_key (const McqOp *op, size_t *pos)
+{
+  const char *k;
+
+  if (op->keys == NULL || *pos >= op->keys->len)
+    return NULL;
+  k = (const char *) op->keys->data + *pos;
+  *pos += strlen (k) + 1;
+  return k;
+}
+
+void
+mcq_op_clear (McqOp *op)
+{
+  if (op->keys)
+    g_byte_array_set_size (op->keys, 0);
+  op->nkeys = 0;
+  if (op->body)
+    g_byte_array_set_size (op->body, 0);
+  g_clear_error (&op->error);
+  if (op->messages)
+    {
+      for (guint i = 0; i < op->messages->len; i++)
+        free (g_array_index (op->messages, McqMessage, i).data);
+      g_array_set_size (op->messages, 0);
+    }
+  if (op->queue_stats)
+    {
+      for (guint i = 0; i < op->queue_stats->len; i++)
+        g_free (g_array_index (op->queue_stats, McqQueueStat, i).name);
+      g_array_set_size (op->queue_stats, 0);
+    }
+  op->status = MCQ_OP_OK;
+}
+
+void
+mcq_op_release (McqOp *op)
+{
+  mcq_op_clear (op);
+  g_clear_pointer (&op->keys, g_byte_array_unref);
+  g_clear_pointer (&op->body, g_byte_array_unref);
+  g_clear_pointer (&op->messages, g_array_unref);
+  g_clear_pointer (&op->queue_stats, g_array_unref);
+}
+
+void
+mcq_op_set_body (McqOp *op, guint32 flags, const void *data, size_t len)
+{
+  guint8 header[MSG_HEADER_SIZE] = { 0 };
+
+  if (op->body == NULL)
+    op->body = g_byte_array_sized_new ((guint) (len + MSG_HEADER_SIZE));
+  g_byte_array_set_size (op->body, 0);
+  g_byte_array_append (op->body, header, sizeof header);
+  g_byte_array_append (op->body, data, (guint) len);
+  op->flags = flags;
+}
+
+void
+mcq_store_submit (McqStore *s, McqOp *op)
+{
+  g_atomic_int_inc (&s->pending);
+  op->status = MCQ_OP_OK;
+  g_async_queue_push (s->inbox, op);
+}
+
+guint
+mcq_store_pending (McqStore *s)
+{
+  return (guint) g_atomic_int_get (&s->pending);
+}
+
+guint64
+mcq_store_queue_count (McqStore *s)
+{
+  return __atomic_load_n (&s->queue_count, __ATOMIC_RELAXED);
+}
+
+guint64
+mcq_store_total_depth (McqStore *s)
+{
+  return __atomic_load_n (&s->total_depth, __ATOMIC_RELAXED);
+}
+
+static gboolean
+write_queue (McqStore *s, DB_TXN *txn, const Queue *q, GError **error)
+{
+  guint8 rec[QUEUE_RECORD_SIZE];
+  DBT k, v;
+  int ret;
+
+  encode_queue (q, rec);
+  dbt_init (&k, q->name, strlen (q->name));
+  dbt_init (&v, rec, sizeof rec);
+  if ((ret = s->queues_db->put (s->queues_db, txn, &k, &v, 0)) != 0)
+    return db_fail (ret, error, "writing the queue record");
+  return TRUE;
+}
+
+static gboolean
+commit (DB_TXN *txn, GError **error)
+{
+  int ret = txn->commit (txn, 0);
+  if (ret != 0)
+    return db_fail (ret, error, "commit");
+  return TRUE;
+}
+
+static gboolean
+begin (McqStore *s, DB_TXN **txn, GError **error)
+{
+  int ret = s->env->txn_begin (s->env, NULL, txn, 0);
+  if (ret != 0)
+    return db_fail (ret, error, "beginning a transaction");
+  return TRUE;
+}
+
+static void
+run_set (McqStore *s, McqOp *op)
+{
+  size_t pos = 0;
+  const char *name = mcq_op_next_key (op, &pos);
+  Queue *q = g_hash_table_lookup (s->queues, name);
+  Queue next = { 0 };
+  guint8 key[MSG_KEY_SIZE];
+  DB_TXN *txn = NULL;
+  DBT k, v;
+  int ret;
+
+  if (q != NULL)
+    next = *q;
+  else
+    {
+      next.name = (char *) name;
+      next.id = s->next_id;
+    }
+
+  /* mcq_op_set_body left MSG_HEADER_SIZE bytes of room in front of the
+   * body for the flags, so the record is written without another copy. */
+  put_be32 (op->body->data, op->flags);
+  encode_msg_key (next.id, next.tail, key);
+  dbt_init (&k, key, sizeof key);
+  dbt_init (&v, op->body->data, op->body->len);
+
+  if (!begin (s, &txn, &op->error))
+    goto fail;
+  if ((ret = s->messages_db->put (s->messages_db, txn, &k, &v, 0)) != 0)
+    {
+      db_fail (ret, &op->error, "storing the message");
+      goto abort;
+    }
+  next.tail++;
+  next.enqueued++;
+  next.bytes += op->body->len - MSG_HEADER_SIZE;
+  if (!write_queue (s, txn, &next, &op->error))
+    goto abort;
+  if (!commit (txn, &op->error))
+    goto fail;
+
+  if (q == NULL)
+    {
+      q = g_new0 (Queue, 1);
+      *q = next;
+      q->name = g_strdup (name);
+      g_hash_table_insert (s->queues, q->name, q);
+      s->next_id++;
+    }
+  else
+    *q = next;
+  return;
+
+abort:
+  txn->abort (txn);
+fail:
+  op->status = MCQ_OP_FAILED;
+}
+
+static void
+run_get (McqStore *s, McqOp *op)
+{
+  /* One transaction for all the keys of a multi-get.  Queue records are
+   * changed in working copies (one per distinct queue, so a queue named
+   * twice yields two messages) and copied back only once it commits. */
+  g_autofree Queue *work = g_new0 (Queue, op->nkeys);
+  g_autofree Queue **orig = g_new0 (Queue *, op->nkeys);
+  guint nwork = 0;
+  DB_TXN *txn = NULL;
+  size_t pos = 0;
+  const char *name;
+  guint i;
+
+  if (op->messages == NULL)
+    op->messages = g_array_new (FALSE, TRUE, sizeof (McqMessage));
+  g_array_set_size (op->messages, op->nkeys);
+
+  if (!begin (s, &txn, &op->error))
+    goto fail;
+
+  for (i = 0; (name = mcq_op_next_key (op, &pos)) != NULL; i++)
+    {
+      Queue *q = g_hash_table_lookup (s->queues, name);
+      McqMessage *m = &g_array_index (op->messages, McqMessage, i);
+      Queue *w = NULL;
+      guint8 key[MSG_KEY_SIZE];
+      DBT k, v;
+      int ret;
+
+      if (q == NULL)
+        continue;
+      for (guint j = 0; j < nwork && w == NULL; j++)
+        if (orig[j] == q)
+          w = &work[j];
+      if (w == NULL)
+        {
+          orig[nwork] = q;
+          work[nwork] = *q;
+          w = &work[nwork++];
+        }
+      if (w->head == w->tail)
+        continue;
+
+      encode_msg_key (w->id, w->head, key);
+      dbt_init (&k, key, sizeof key);
+      dbt_init (&v, NULL, 0);
+      v.flags = DB_DBT_MALLOC;
+      ret = s->messages_db->get (s->messages_db, txn, &k, &v, 0);
+      if (ret == 0 && v.size < MSG_HEADER_SIZE)
+        {
+          free (v.data);
+          ret = DB_NOTFOUND;
+        }
+      if (ret != 0)
+        {
+          db_fail (ret, &op->error, ret == DB_NOTFOUND ? "a message is missing from its queue"
+                                                       : "reading a message");
+          goto abort;
+        }
+      if ((ret = s->messages_db->del (s->messages_db, txn, &k, 0)) != 0)
+        {
+          free (v.data);
+          db_fail (ret, &op->error, "removing a message");
+          goto abort;
+        }
+      m->flags = get_be32 (v.data);
+      m->seq = w->head;
+      m->len = v.size - MSG_HEADER_SIZE;
+      memmove (v.data, (guint8 *) v.data + MSG_HEADER_SIZE, m->len);
+      m->data = v.data;
+      w->head++;
+      w->dequeued++;
+      w->bytes -= MIN (w->bytes, m->len);
+      if (!write_queue (s, txn, w, &op->error))
+        goto abort;
+    }
+
+  if (!commit (txn, &op->error))
+    goto fail;
+  for (i = 0; i < nwork; i++)
+    *orig[i] = work[i];
+  return;
+
+abort:
+  txn->abort (txn);
+fail:
+  op->status = MCQ_OP_FAILED;
+  for (i = 0; i < op->messages->len; i++)
+    g_clear_pointer (&g_array_index (op->messages, McqMessage, i).data, free);
+}
+
+static void
+run_delete (McqStore *s, McqOp *op)
+{
+  size_t pos = 0;
+  const char *name = mcq_op_next_key (op, &pos);
+  Queue *q = g_hash_table_lookup (s->queues, name);
+  guint8 id[4], range[16];
+  DB_TXN *txn = NULL;
+  DBT k, v;
+  int ret;
+
+  if (q == NULL)
+    {
+      op->status = MCQ_OP_NOT_FOUND;
+      return;
+    }
+  if (!begin (s, &txn, &op->error))
+    goto fail;
+  dbt_init (&k, q->name, strlen (q->name));
+  if ((ret = s->queues_db->del (s->queues_db, txn, &k, 0)) != 0)
+    {
+      db_fail (ret, &op->error, "deleting the queue record");
+      goto abort;
+    }
+  if (q->head != q->tail)
+    {
+      put_be32 (id, q->id);
+      put_be64 (range, q->head);
+      put_be64 (range + 8, q->tail);
+      dbt_init (&k, id, sizeof id);
+      dbt_init (&v, range, sizeof range);
+      if ((ret = s->purge_db->put (s->purge_db, txn, &k, &v, 0)) != 0)
+        {
+          db_fail (ret, &op->error, "scheduling the queue's messages for removal");
+          goto abort;
+        }
+    }
+  if (!commit (txn, &op->error))
+    goto fail;
+  if (q->head != q->tail)
+    s->purge_pending = TRUE;
+  g_hash_table_remove (s->queues, name);
+  return;
+
+abort:
+  txn->abort (txn);
+fail:
+  op->status = MCQ_OP_FAILED;
+}
+
+static gint
+compare_stat (gconstpointer a, gconstpointer b)
+{
+  return strcmp (((const McqQueueStat *) a)->name, ((const McqQueueStat *) b)->name);
+}
+
+static void
+run_stats_queue (McqStore *s, McqOp *op)
+{
+  GHashTableIter it;
+  gpointer v;
+
+  if (op->queue_stats == NULL)
+    op->queue_stats = g_array_new (FALSE, TRUE, sizeof (McqQueueStat));
+  g_hash_table_iter_init (&it, s->queues);
+  while (g_hash_table_iter_next (&it, NULL, &v))
+    {
+      Queue *q = v;
+      McqQueueStat st = { g_strdup (q->name), q->enqueued, q->dequeued };
+      g_array_append_val (op->queue_stats, st);
+    }
+  g_array_sort (op->queue_stats, compare_stat);
+}
+
+static gboolean
+checkpoint (McqStore *s, GError **error)
+{
+  int ret = s->env->txn_checkpoint (s->env, 0, 0, 0);
+  if (ret != 0)
+    return db_fail (ret, error, "checkpoint");
+  return TRUE;
+}
+
+static gboolean
+archive (McqStore *s, GError **error)
+{
+  char **unused = NULL;
+  int ret;
+
+  if (!checkpoint (s, error))
+    return FALSE;
+  /* DB_ARCH_REMOVE deletes the log files no longer needed for recovery. */
+  ret = s->env->log_archive (s->env, &unused, DB_ARCH_REMOVE);
+  free (unused);
+  if (ret != 0)
+    return db_fail (ret, error, "log archive");
+  return TRUE;
+}
+
+/* Removes up to PURGE_CHUNK messages of one deleted queue. */
+static void
+purge_step (McqStore *s)
+{
+  DBC *cur = NULL;
+  DB_TXN *txn = NULL;
+  DBT k, v;
+  guint8 idbuf[4], range[16], key[MSG_KEY_SIZE];
+  guint64 head, tail, n;
+  int ret;
+
+  if (s->env->txn_begin (s->env, NULL, &txn, 0) != 0)
+    return;
+  if ((ret = s->purge_db->cursor (s->purge_db, txn, &cur, 0)) != 0)
+    goto abort;
+  dbt_init (&k, idbuf, sizeof idbuf);
+  k.ulen = sizeof idbuf;
+  k.flags = DB_DBT_USERMEM;
+  dbt_init (&v, range, sizeof range);
+  v.ulen = sizeof range;
+  v.flags = DB_DBT_USERMEM;
+  ret = cur->get (cur, &k, &v, DB_FIRST);
+  if (ret == DB_NOTFOUND)
+    {
+      cur->close (cur);
+      txn->abort (txn);
+      s->purge_pending = FALSE;
+      return;
+    }
+  if (ret != 0 || k.size != 4 || v.size != 16)
+    goto abort_cursor;
+  head = get_be64 (range);
+  tail = get_be64 (range + 8);
+  for (n = 0; head < tail && n < PURGE_CHUNK; n++, head++)
+    {
+      DBT mk;
+      encode_msg_key (get_be32 (idbuf), head, key);
+      dbt_init (&mk, key, sizeof key);
+      ret = s->messages_db->del (s->messages_db, txn, &mk, 0);
+      if (ret != 0 && ret != DB_NOTFOUND)
+        goto abort_cursor;
+    }
+  if (head < tail)
+    {
+      put_be64 (range, head);
+      ret = cur->put (cur, &k, &v, DB_CURRENT);
+    }
+  else
+    ret = cur->del (cur, 0);
+  if (ret != 0)
+    goto abort_cursor;
+  cur->close (cur);
+  if ((ret = txn->commit (txn, 0)) != 0)
+    g_warning ("purging a deleted queue: %s", db_strerror (ret));
+  return;
+
+abort_cursor:
+  cur->close (cur);
+abort:
+  g_warning ("purging a deleted queue: %s", db_strerror (ret));
+  txn->abort (txn);
+  s->purge_pending = FALSE;   /* retried at the next start */
+}
+
+static void
+run_op (McqStore *s, McqOp *op)
+{
+  switch (op->type)
+    {
+    case MCQ_OP_SET:
+      run_set (s, op);
+      break;
+    case MCQ_OP_GET:
+      run_get (s, op);
+      break;
+    case MCQ_OP_DELETE:
+      run_delete (s, op);
+      break;
+    case MCQ_OP_STATS_QUEUE:
+      run_stats_queue (s, op);
+      break;
+    case MCQ_OP_CHECKPOINT:
+      if (!checkpoint (s, &op->error))
+        op->status = MCQ_OP_FAILED;
+      break;
+    case MCQ_OP_ARCHIVE:
+      if (!archive (s, &op->error))
+        op->status = MCQ_OP_FAILED;
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+}
+
+typedef struct {
+  McqStore *store;
+  McqOp *first;
+} Completion;
+
+static gboolean
+complete_batch (gpointer data)
+{
+  Completion *c = data;
+  McqOp *op = c->first;
+
+  while (op != NULL)
+    {
+      McqOp *next = op->next;
+      op->next = NULL;
+      g_atomic_int_dec_and_test (&c->store->pending);
+      op->done (op);
+      op = next;
+    }
+  g_free (c);
+  return G_SOURCE_REMOVE;
+}
+
+static gpointer
+store_thread (gpointer data)
+{
+  McqStore *s = data;
+  gboolean stopping = FALSE;
+
+  while (!stopping)
+    {
+      McqOp *op, *first = NULL, **tail = &first;
+      gboolean wrote = FALSE;
+      guint n = 0;
+
+      if (s->purge_pending)
+        {
+          op = g_async_queue_try_pop (s->inbox);
+          if (op == NULL)
+            {
+              purge_step (s);
+              continue;
+            }
+        }
+      else
+        op = g_async_queue_pop (s->inbox);
+
+      /* Everything that has queued up while the last batch was being made
+       * durable goes into this batch. */
+      while (op != NULL)
+        {
+          if (op == &s->stop_op)
+            {
+              stopping = TRUE;
+              break;
+            }
+          run_op (s, op);
+          wrote |= op->type == MCQ_OP_SET || op->type == MCQ_OP_GET || op->type == MCQ_OP_DELETE;
+          *tail = op;
+          tail = &op->next;
+          if (++n == BATCH_MAX)
+            break;
+          op = g_async_queue_try_pop (s->inbox);
+        }
+
+      if (wrote && !s->cfg.no_sync)
+        {
+          int ret = s->env->log_flush (s->env, NULL);
+          if (ret != 0)
+            {
+              g_warning ("flushing the log: %s", db_strerror (ret));
+              for (McqOp *o = first; o != NULL; o = o->next)
+                if (o->status != MCQ_OP_FAILED)
+                  {
+                    o->status = MCQ_OP_FAILED;
+                    db_fail (ret, &o->error, "flushing the log");
+                  }
+            }
+        }
+      if (wrote)
+        publish_totals (s);
+
+      if (first != NULL)
+        {
+          Completion *c = g_new (Completion, 1);
+          c->store = s;
+          c->first = first;
+          g_main_context_invoke (NULL, complete_batch, c);
+        }
+    }
+  return NULL;
+}
+
+/* Checkpoints and trickle writes run here, never on the store thread, so a
+ * long flush of the cache does not hold replies back. */
+static gpointer
+maint_thread (gpointer data)
+{
+  McqStore *s = data;
+  gint64 now = g_get_monotonic_time ();
+  gint64 next_ckp = s->cfg.checkpoint_interval_s ? now + s->cfg.checkpoint_interval_s * G_USEC_PER_SEC : G_MAXINT64;
+  gint64 next_trickle = s->cfg.trickle_interval_s ? now + s->cfg.trickle_interval_s * G_USEC_PER_SEC : G_MAXINT64;
+
+  g_mutex_lock (&s->maint_lock);
+  while (!s->maint_stop)
+    {
+      gint64 deadline = MIN (next_ckp, next_trickle);
+      if (deadline == G_MAXINT64)
+        g_cond_wait (&s->maint_cond, &s->maint_lock);
+      else
+        g_cond_wait_until (&s->maint_cond, &s->maint_lock, deadline);
+      if (s->maint_stop)
+        break;
+      now = g_get_monotonic_time ();
+      g_mutex_unlock (&s->maint_lock);
+      if (now >= next_trickle)
+        {
+          int wrote = 0;
+          s->env->memp_trickle (s->env, (int) s->cfg.trickle_percent, &wrote);
+          if (wrote > 0)
+            g_debug ("trickle wrote %d pages", wrote);
+          next_trickle = now + s->cfg.trickle_interval_s * G_USEC_PER_SEC;
+        }
+      if (now >= next_ckp)
+        {
+          g_autoptr(GError) err = NULL;
+          if (!checkpoint (s, &err))
+            g_warning ("%s", err->message);
+          else
+            g_debug ("checkpoint done");
+          next_ckp = now + s->cfg.checkpoint_interval_s * G_USEC_PER_SEC;
+        }
+      g_mutex_lock (&s->maint_lock);
+    }
+  g_mutex_unlock (&s->maint_lock);
+  return NULL;
+}
+
+void
+mcq_store_close (McqStore *s)
+{
+  g_autoptr(GError) err = NULL;
+
+  if (s == NULL)
+    return;
+  g_async_queue_push (s->inbox, &s->stop_op);
+  g_thread_join (s->thread);
+
+  g_mutex_lock (&s->maint_lock);
+  s->maint_stop = TRUE;
+  g_cond_signal (&s->maint_cond);
+  g_mutex_unlock (&s->maint_lock);
+  g_thread_join (s->maint_thread);
+
+  /* Completions the store thread posted but the loop has not run yet. */
+  while (g_atomic_int_get (&s->pending) > 0 && g_main_context_iteration (NULL, FALSE))
+    ;
+
+  if (!s->cfg.no_sync)
+    s->env->log_flush (s->env, NULL);
+  if (!checkpoint (s, &err))
+    g_warning ("%s", err->message);
+  s->purge_db->close (s->purge_db, 0);
+  s->messages_db->close (s->messages_db, 0);
+  s->queues_db->close (s->queues_db, 0);
+  s->env->close (s->env, 0);
+  g_async_queue_unref (s->inbox);
+  g_hash_table_destroy (s->queues);
+  g_mutex_clear (&s->maint_lock);
+  g_cond_clear (&s->maint_cond);
+  g_free (s->cfg.home);
+  g_free (s);
+}

@@ -1,0 +1,109 @@
+/* store.h — the queue store: the only module that talks to Berkeley DB.
+ * Requests (McqOp) are handed to a store thread, which runs them as
+ * transactions, makes them durable in groups, and completes them on the
+ * main context. */
+#pragma once
+
+#include <glib.h>
+#include <stdint.h>
+
+typedef struct _McqStore McqStore;
+
+typedef struct {
+  char *home;                  /* the BDB environment directory */
+  guint64 cache_bytes;         /* -m */
+  guint32 page_size;           /* -A; 0 = BDB's choice */
+  guint32 log_buffer_bytes;    /* -L */
+  guint checkpoint_interval_s; /* -C; 0 = only at shutdown */
+  guint trickle_interval_s;    /* -T; 0 = never */
+  guint trickle_percent;       /* -e */
+  gboolean no_sync;            /* -N */
+  gboolean log_auto_remove;    /* -R */
+} McqStoreConfig;
+
+typedef enum {
+  MCQ_OP_SET,
+  MCQ_OP_GET,
+  MCQ_OP_DELETE,
+  MCQ_OP_STATS_QUEUE,
+  MCQ_OP_CHECKPOINT,
+  MCQ_OP_ARCHIVE,
+} McqOpType;
+
+typedef enum {
+  MCQ_OP_OK,
+  MCQ_OP_NOT_FOUND,            /* DELETE of a queue that does not exist */
+  MCQ_OP_FAILED,               /* see McqOp.error */
+} McqOpStatus;
+
+/* One message taken by a GET; data is NULL when the queue was empty. */
+typedef struct {
+  guint32 flags;
+  guint64 seq;
+  void *data;                  /* malloc()ed, owned by the op */
+  size_t len;
+} McqMessage;
+
+typedef struct {
+  char *name;
+  guint64 enqueued;
+  guint64 dequeued;
+} McqQueueStat;
+
+typedef struct _McqOp McqOp;
+typedef void (*McqOpDoneFunc) (McqOp *op);
+
+struct _McqOp {
+  McqOpType type;
+  McqOpDoneFunc done;          /* runs on the main context when the op is durable */
+  gpointer user_data;
+
+  /* input */
+  GByteArray *keys;            /* names, each NUL-terminated, in order */
+  guint nkeys;
+  guint32 flags;               /* SET */
+  GByteArray *body;            /* SET: set with mcq_op_set_body */
+
+  /* output */
+  McqOpStatus status;
+  GError *error;
+  GArray *messages;            /* GET: McqMessage per key, in key order */
+  GArray *queue_stats;         /* STATS_QUEUE: McqQueueStat sorted by name */
+
+  McqOp *next;                 /* store-internal batch link */
+};
+
+/* Opens (creating and recovering as needed) the environment in cfg->home
+ * and starts the store thread.  The home must already be locked. */
+McqStore *mcq_store_open (const McqStoreConfig *cfg, GError **error);
+
+/* Queues op; op->done runs later on the default main context.  The op
+ * must stay alive until then. */
+void mcq_store_submit (McqStore *store, McqOp *op);
+
+/* Ops submitted and not yet completed on the main context. */
+guint mcq_store_pending (McqStore *store);
+
+/* Resets an op's input and output for reuse; frees what it held. */
+void mcq_op_clear (McqOp *op);
+
+/* Frees everything the op holds (not the op itself). */
+void mcq_op_release (McqOp *op);
+
+/* Sets a SET op's message (copied). */
+void mcq_op_set_body (McqOp *op, guint32 flags, const void *data, size_t len);
+
+/* Adds one key to op->keys. */
+void mcq_op_add_key (McqOp *op, const char *key, size_t len);
+
+/* Walks op->keys: *pos starts at 0; returns NULL at the end. */
+const char *mcq_op_next_key (const McqOp *op, size_t *pos);
+
+/* Stops the thread after every submitted op, checkpoints, closes. */
+void mcq_store_close (McqStore *store);
+
+/* Cheap, lock-free figures for status lines. */
+guint64 mcq_store_queue_count (McqStore *store);
+guint64 mcq_store_total_depth (McqStore *store);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (McqStore, mcq_store_close)
