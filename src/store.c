@@ -11,7 +11,7 @@
 /*
  * Layout.
  *  queues.db  (btree) name              -> QueueRecord (big-endian fields)
- *  messages.db (btree) id:u32 seq:u64 BE -> flags:u32 BE, body
+ *  messages.db (btree) id:u32 seq:u64 BE -> flags:u32, enqueued-at:i64 (µs), body
  *  purge.db   (btree) id:u32 BE          -> head:u64 tail:u64 of a deleted queue
  *
  * A queue holds the messages [head, tail).  Big-endian keys make the btree's
@@ -32,7 +32,7 @@
 
 #define QUEUE_RECORD_SIZE (4 + 8 * 5)
 #define MSG_KEY_SIZE 12
-#define MSG_HEADER_SIZE 4
+#define MSG_HEADER_SIZE 12
 #define BATCH_MAX 1024
 #define PURGE_CHUNK 512
 
@@ -42,6 +42,7 @@ typedef struct {
   guint64 head, tail;
   guint64 enqueued, dequeued;
   guint64 bytes;
+  gint64 head_time;            /* enqueue time of the head message, 0 if empty */
 } Queue;
 
 struct _McqStore {
@@ -63,6 +64,14 @@ struct _McqStore {
   GMutex maint_lock;
   GCond maint_cond;
   gboolean maint_stop;
+
+  GHashTable *dirty;           /* store thread: names changed in this batch */
+  guint64 depth;               /* store thread: messages in all queues */
+
+  GMutex pub_lock;             /* guards `published` */
+  GHashTable *published;       /* name -> McqQueueInfo*, as of the last batch */
+  McqStoreWatchFunc watch;
+  gpointer watch_data;
 
   gint pending;                /* atomic */
   guint64 queue_count;         /* atomic snapshots for status lines */
@@ -193,20 +202,86 @@ open_db (McqStore *s, DB **out, const char *file, GError **error)
 }
 
 static void
-publish_totals (McqStore *s)
+queue_info_free (gpointer p)
+{
+  McqQueueInfo *info = p;
+  g_free (info->name);
+  g_free (info);
+}
+
+static void
+fill_info (const Queue *q, McqQueueInfo *info)
+{
+  info->enqueued = q->enqueued;
+  info->dequeued = q->dequeued;
+  info->depth = q->tail - q->head;
+  info->bytes = q->bytes;
+  info->head_time = q->head_time;
+}
+
+/* Copies the figures of the queues this batch touched to the snapshot
+ * other threads read: one lock per batch, never per message. */
+static gboolean
+publish (McqStore *s)
 {
   GHashTableIter it;
-  gpointer v;
-  guint64 depth = 0;
+  gpointer name;
+  gboolean changed = g_hash_table_size (s->dirty) > 0;
 
-  g_hash_table_iter_init (&it, s->queues);
-  while (g_hash_table_iter_next (&it, NULL, &v))
+  if (!changed)
+    return FALSE;
+  g_mutex_lock (&s->pub_lock);
+  g_hash_table_iter_init (&it, s->dirty);
+  while (g_hash_table_iter_next (&it, &name, NULL))
     {
-      Queue *q = v;
-      depth += q->tail - q->head;
+      Queue *q = g_hash_table_lookup (s->queues, name);
+      McqQueueInfo *info;
+
+      if (q == NULL)
+        {
+          g_hash_table_remove (s->published, name);
+          continue;
+        }
+      info = g_hash_table_lookup (s->published, name);
+      if (info == NULL)
+        {
+          info = g_new0 (McqQueueInfo, 1);
+          info->name = g_strdup (name);
+          g_hash_table_insert (s->published, info->name, info);
+        }
+      fill_info (q, info);
     }
+  g_mutex_unlock (&s->pub_lock);
+  g_hash_table_remove_all (s->dirty);
   __atomic_store_n (&s->queue_count, (guint64) g_hash_table_size (s->queues), __ATOMIC_RELAXED);
-  __atomic_store_n (&s->total_depth, depth, __ATOMIC_RELAXED);
+  __atomic_store_n (&s->total_depth, s->depth, __ATOMIC_RELAXED);
+  return TRUE;
+}
+
+static void
+mark_dirty (McqStore *s, const char *name)
+{
+  if (!g_hash_table_contains (s->dirty, name))
+    g_hash_table_add (s->dirty, g_strdup (name));
+}
+
+/* Reads only the header of message (id, seq): its enqueue time. */
+static gint64
+read_enqueue_time (McqStore *s, DB_TXN *txn, guint32 id, guint64 seq)
+{
+  guint8 key[MSG_KEY_SIZE], header[MSG_HEADER_SIZE];
+  DBT k, v;
+
+  encode_msg_key (id, seq, key);
+  dbt_init (&k, key, sizeof key);
+  dbt_init (&v, header, sizeof header);
+  v.ulen = sizeof header;
+  v.dlen = sizeof header;
+  v.doff = 0;
+  v.flags = DB_DBT_USERMEM | DB_DBT_PARTIAL;
+  if (s->messages_db->get (s->messages_db, txn, &k, &v, 0) != 0 || v.size < MSG_HEADER_SIZE)
+    return 0;
+  return (gint64) get_be64 (header + 4);
 }
 
 static gboolean
@@ -234,7 +309,9 @@ load_queues (McqStore *s, GError **error)
       decode_queue (v.data, q);
       q->name = g_strndup (k.data, k.size);
       s->next_id = MAX (s->next_id, q->id + 1);
+      s->depth += q->tail - q->head;
       g_hash_table_insert (s->queues, q->name, q);
+      mark_dirty (s, q->name);
     }
   cur->close (cur);
   if (ret != DB_NOTFOUND)
@@ -251,7 +328,17 @@ load_queues (McqStore *s, GError **error)
   cur->close (cur);
   if (ret != DB_NOTFOUND)
     return db_fail (ret, error, "purge.db");
-  publish_totals (s);
+
+  GHashTableIter it;
+  gpointer v_q;
+  g_hash_table_iter_init (&it, s->queues);
+  while (g_hash_table_iter_next (&it, NULL, &v_q))
+    {
+      Queue *q = v_q;
+      if (q->head != q->tail)
+        q->head_time = read_enqueue_time (s, NULL, q->id, q->head);
+    }
+  publish (s);
   return TRUE;
 }
 
@@ -304,6 +391,9 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
     }
 
   s->queues = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, queue_free);
+  s->dirty = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  s->published = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, queue_info_free);
+  g_mutex_init (&s->pub_lock);
   if (!open_db (s, &s->queues_db, "queues.db", error) ||
       !open_db (s, &s->messages_db, "messages.db", error) ||
       !open_db (s, &s->purge_db, "purge.db", error) ||
@@ -317,6 +407,9 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
         s->queues_db->close (s->queues_db, 0);
       env->close (env, 0);
       g_hash_table_destroy (s->queues);
+      g_hash_table_destroy (s->dirty);
+      g_hash_table_destroy (s->published);
+      g_mutex_clear (&s->pub_lock);
       g_free (s->cfg.home);
       return NULL;
     }
@@ -480,8 +573,11 @@ run_set (McqStore *s, McqOp *op)
     }
 
   /* mcq_op_set_body left MSG_HEADER_SIZE bytes of room in front of the
-   * body for the flags, so the record is written without another copy. */
+   * body for the flags and time, so the record is written without another
+   * copy. */
+  gint64 now = g_get_real_time ();
   put_be32 (op->body->data, op->flags);
+  put_be64 (op->body->data + 4, (guint64) now);
   encode_msg_key (next.id, next.tail, key);
   dbt_init (&k, key, sizeof key);
   dbt_init (&v, op->body->data, op->body->len);
@@ -493,6 +589,8 @@ run_set (McqStore *s, McqOp *op)
       db_fail (ret, &op->error, "storing the message");
       goto abort;
     }
+  if (next.head == next.tail)
+    next.head_time = now;
   next.tail++;
   next.enqueued++;
   next.bytes += op->body->len - MSG_HEADER_SIZE;
@@ -511,6 +609,8 @@ run_set (McqStore *s, McqOp *op)
     }
   else
     *q = next;
+  s->depth++;
+  mark_dirty (s, name);
   return;
 
 abort:
@@ -593,6 +693,9 @@ run_get (McqStore *s, McqOp *op)
       w->head++;
       w->dequeued++;
       w->bytes -= MIN (w->bytes, m->len);
+      /* Seqs are contiguous, so the new head is (id, head): read just its
+       * header to keep OldestMessageAge exact without a scan later. */
+      w->head_time = w->head == w->tail ? 0 : read_enqueue_time (s, txn, w->id, w->head);
       if (!write_queue (s, txn, w, &op->error))
         goto abort;
     }
@@ -600,7 +703,11 @@ run_get (McqStore *s, McqOp *op)
   if (!commit (txn, &op->error))
     goto fail;
   for (i = 0; i < nwork; i++)
-    *orig[i] = work[i];
+    {
+      s->depth -= orig[i]->head != work[i].head ? work[i].head - orig[i]->head : 0;
+      *orig[i] = work[i];
+      mark_dirty (s, orig[i]->name);
+    }
   return;
 
 abort:
@@ -652,6 +759,8 @@ run_delete (McqStore *s, McqOp *op)
     goto fail;
   if (q->head != q->tail)
     s->purge_pending = TRUE;
+  s->depth -= q->tail - q->head;
+  mark_dirty (s, name);
   g_hash_table_remove (s->queues, name);
   return;
 
@@ -807,6 +916,7 @@ run_op (McqStore *s, McqOp *op)
 typedef struct {
   McqStore *store;
   McqOp *first;
+  gboolean changed;
 } Completion;
 
 static gboolean
@@ -823,6 +933,8 @@ complete_batch (gpointer data)
       op->done (op);
       op = next;
     }
+  if (c->changed && c->store->watch != NULL)
+    c->store->watch (c->store->watch_data);
   g_free (c);
   return G_SOURCE_REMOVE;
 }
@@ -883,14 +995,14 @@ store_thread (gpointer data)
                   }
             }
         }
-      if (wrote)
-        publish_totals (s);
+      gboolean changed = publish (s);
 
       if (first != NULL)
         {
           Completion *c = g_new (Completion, 1);
           c->store = s;
           c->first = first;
+          c->changed = changed;
           g_main_context_invoke (NULL, complete_batch, c);
         }
     }
@@ -972,8 +1084,73 @@ mcq_store_close (McqStore *s)
   s->env->close (s->env, 0);
   g_async_queue_unref (s->inbox);
   g_hash_table_destroy (s->queues);
+  g_hash_table_destroy (s->dirty);
+  g_hash_table_destroy (s->published);
+  g_mutex_clear (&s->pub_lock);
   g_mutex_clear (&s->maint_lock);
   g_cond_clear (&s->maint_cond);
   g_free (s->cfg.home);
   g_free (s);
+}
+
+static gint
+compare_info (gconstpointer a, gconstpointer b)
+{
+  return strcmp ((*(McqQueueInfo *const *) a)->name, (*(McqQueueInfo *const *) b)->name);
+}
+
+GPtrArray *
+mcq_store_snapshot (McqStore *s)
+{
+  GPtrArray *out = g_ptr_array_new_with_free_func (queue_info_free);
+  GHashTableIter it;
+  gpointer v;
+
+  g_mutex_lock (&s->pub_lock);
+  g_ptr_array_set_size (out, 0);
+  g_hash_table_iter_init (&it, s->published);
+  while (g_hash_table_iter_next (&it, NULL, &v))
+    {
+      McqQueueInfo *copy = g_memdup2 (v, sizeof (McqQueueInfo));
+      copy->name = g_strdup (copy->name);
+      g_ptr_array_add (out, copy);
+    }
+  g_mutex_unlock (&s->pub_lock);
+  g_ptr_array_sort (out, compare_info);
+  return out;
+}
+
+gboolean
+mcq_store_queue_info (McqStore *s, const char *name, McqQueueInfo *out)
+{
+  McqQueueInfo *info;
+
+  g_mutex_lock (&s->pub_lock);
+  info = g_hash_table_lookup (s->published, name);
+  if (info != NULL)
+    {
+      *out = *info;
+      out->name = NULL;
+    }
+  g_mutex_unlock (&s->pub_lock);
+  return info != NULL;
+}
+
+void
+mcq_store_watch (McqStore *s, McqStoreWatchFunc func, gpointer user_data)
+{
+  s->watch = func;
+  s->watch_data = user_data;
+}
+
+gboolean
+mcq_store_durable (McqStore *s)
+{
+  return !s->cfg.no_sync;
+}
+
+const char *
+mcq_store_home (McqStore *s)
+{
+  return s->cfg.home;
 }

@@ -102,6 +102,32 @@ const char *mcq_op_next_key (const McqOp *op, size_t *pos);
 /* Stops the thread after every submitted op, checkpoints, closes. */
 void mcq_store_close (McqStore *store);
 
+/* One queue's figures, as published after each batch of transactions. */
+typedef struct {
+  char *name;
+  guint64 enqueued;
+  guint64 dequeued;
+  guint64 depth;
+  guint64 bytes;               /* sum of the queued bodies */
+  gint64 head_time;            /* real time (µs) the oldest message was stored; 0 if empty */
+} McqQueueInfo;
+
+/* Every queue's figures as of the last completed batch, sorted by name
+ * (McqQueueInfo*, freed with the array).  Safe from the main thread; it
+ * never waits for a transaction. */
+GPtrArray *mcq_store_snapshot (McqStore *store);
+
+/* One queue's figures (out->name is left NULL); FALSE if no such queue. */
+gboolean mcq_store_queue_info (McqStore *store, const char *name, McqQueueInfo *out);
+
+/* func runs on the main context after each batch that changed any queue
+ * (created, deleted, counters moved).  Callers coalesce as they see fit. */
+typedef void (*McqStoreWatchFunc) (gpointer user_data);
+void mcq_store_watch (McqStore *store, McqStoreWatchFunc func, gpointer user_data);
+
+gboolean mcq_store_durable (McqStore *store);
+const char *mcq_store_home (McqStore *store);
+
 /* Cheap, lock-free figures for status lines. */
 guint64 mcq_store_queue_count (McqStore *store);
 guint64 mcq_store_total_depth (McqStore *store);
