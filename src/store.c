@@ -24,10 +24,21 @@
  * the store thread is idle, so a huge queue never makes one huge transaction.
  * Ids are never reused, so leftover messages are unreachable meanwhile.
  *
- * Durability.  Every commit is DB_TXN_NOSYNC.  In durable mode the store
- * thread runs all the ops that are waiting, then makes them durable with a
- * single DB_ENV->log_flush, and only then releases their replies: one fsync
- * covers every connection's commits in the batch (group commit).
+ * Durability.  The store thread runs every op that is waiting as one batch.
+ * Commits inside a batch are DB_TXN_NOSYNC (they stay in the log buffer);
+ * the batch's last commit is DB_TXN_WRITE_NOSYNC, so one write() hands the
+ * whole batch to the kernel before any reply leaves.  From then on a kill -9
+ * of the daemon loses nothing, in either mode.  In durable mode a single
+ * DB_ENV->log_flush then fsyncs the batch before any STORED is released:
+ * one fsync covers every connection's commits (group commit).
+ *
+ * Replies to gets are released after the write but before the fsync.  A get
+ * that has been answered must not be answered again, and a dequeue that has
+ * reached the kernel survives a daemon crash; what the fsync adds is
+ * survival of a power cut, and a dequeue lost to one only makes a message
+ * come back (at-least-once), never disappear.  Holding get replies for the
+ * fsync would instead widen the window in which a crash can take a message
+ * out of the queue whose reply never left the daemon.
  */
 
 #define QUEUE_RECORD_SIZE (4 + 8 * 5)
@@ -55,6 +66,7 @@ struct _McqStore {
   GHashTable *queues;          /* store thread only: name -> Queue* */
   guint32 next_id;
   gboolean purge_pending;
+  u_int32_t commit_flags;      /* store thread: flags for the next commit */
 
   GAsyncQueue *inbox;
   GThread *thread;
@@ -535,9 +547,9 @@ write_queue (McqStore *s, DB_TXN *txn, const Queue *q, GError **error)
 }
 
 static gboolean
-commit (DB_TXN *txn, GError **error)
+commit (McqStore *s, DB_TXN *txn, GError **error)
 {
-  int ret = txn->commit (txn, 0);
+  int ret = txn->commit (txn, s->commit_flags);
   if (ret != 0)
     return db_fail (ret, error, "commit");
   return TRUE;
@@ -596,7 +608,7 @@ run_set (McqStore *s, McqOp *op)
   next.bytes += op->body->len - MSG_HEADER_SIZE;
   if (!write_queue (s, txn, &next, &op->error))
     goto abort;
-  if (!commit (txn, &op->error))
+  if (!commit (s, txn, &op->error))
     goto fail;
 
   if (q == NULL)
@@ -700,7 +712,7 @@ run_get (McqStore *s, McqOp *op)
         goto abort;
     }
 
-  if (!commit (txn, &op->error))
+  if (!commit (s, txn, &op->error))
     goto fail;
   for (i = 0; i < nwork; i++)
     {
@@ -755,7 +767,7 @@ run_delete (McqStore *s, McqOp *op)
           goto abort;
         }
     }
-  if (!commit (txn, &op->error))
+  if (!commit (s, txn, &op->error))
     goto fail;
   if (q->head != q->tail)
     s->purge_pending = TRUE;
@@ -939,6 +951,44 @@ complete_batch (gpointer data)
   return G_SOURCE_REMOVE;
 }
 
+static gboolean
+op_commits (const McqOp *op)
+{
+  return op->type == MCQ_OP_SET || op->type == MCQ_OP_GET || op->type == MCQ_OP_DELETE;
+}
+
+/* Ops whose reply may leave once their commit is written (not yet synced). */
+static gboolean
+op_released_early (const McqStore *s, const McqOp *op)
+{
+  return s->cfg.no_sync || op->type == MCQ_OP_GET || op->type == MCQ_OP_STATS_QUEUE;
+}
+
+static void
+fail_all (McqOp *first, int ret, const char *what)
+{
+  for (McqOp *o = first; o != NULL; o = o->next)
+    if (o->status != MCQ_OP_FAILED)
+      {
+        o->status = MCQ_OP_FAILED;
+        db_fail (ret, &o->error, what);
+      }
+}
+
+static void
+post (McqStore *s, McqOp *first, gboolean changed)
+{
+  Completion *c;
+
+  if (first == NULL && !changed)
+    return;
+  c = g_new (Completion, 1);
+  c->store = s;
+  c->first = first;
+  c->changed = changed;
+  g_main_context_invoke (NULL, complete_batch, c);
+}
+
 static gpointer
 store_thread (gpointer data)
 {
@@ -947,8 +997,8 @@ store_thread (gpointer data)
 
   while (!stopping)
     {
-      McqOp *op, *first = NULL, **tail = &first;
-      gboolean wrote = FALSE;
+      McqOp *op, *next, *early = NULL, *late = NULL, **early_tail = &early, **late_tail = &late;
+      gboolean unwritten = FALSE, need_sync = FALSE;
       guint n = 0;
 
       if (s->purge_pending)
@@ -963,48 +1013,60 @@ store_thread (gpointer data)
       else
         op = g_async_queue_pop (s->inbox);
 
-      /* Everything that has queued up while the last batch was being made
-       * durable goes into this batch. */
-      while (op != NULL)
+      /* Everything that has queued up while the last batch was being
+       * written goes into this batch.  The next op is taken before the
+       * current one runs, so the last commit of the batch is known. */
+      for (; op != NULL; op = next)
         {
           if (op == &s->stop_op)
             {
               stopping = TRUE;
               break;
             }
-          run_op (s, op);
-          wrote |= op->type == MCQ_OP_SET || op->type == MCQ_OP_GET || op->type == MCQ_OP_DELETE;
-          *tail = op;
-          tail = &op->next;
-          if (++n == BATCH_MAX)
-            break;
-          op = g_async_queue_try_pop (s->inbox);
+          next = ++n < BATCH_MAX ? g_async_queue_try_pop (s->inbox) : NULL;
+          if (op_commits (op))
+            {
+              gboolean last = next == NULL || !op_commits (next);
+              s->commit_flags = last ? DB_TXN_WRITE_NOSYNC : DB_TXN_NOSYNC;
+              run_op (s, op);
+              unwritten = !last || op->status == MCQ_OP_FAILED;
+              need_sync |= !s->cfg.no_sync && op->type != MCQ_OP_GET;
+            }
+          else
+            run_op (s, op);
+          op->next = NULL;
+          if (op_released_early (s, op))
+            {
+              *early_tail = op;
+              early_tail = &op->next;
+            }
+          else
+            {
+              *late_tail = op;
+              late_tail = &op->next;
+            }
         }
-
-      if (wrote && !s->cfg.no_sync)
+      /* Normally the batch's last commit has written everything and the
+       * gets can be answered now, before the sync.  If that commit failed,
+       * earlier ones may still sit in the log buffer: flush first. */
+      gboolean changed = publish (s);
+      if (!unwritten)
+        {
+          post (s, early, FALSE);
+          early = NULL;
+        }
+      if (unwritten || need_sync)
         {
           int ret = s->env->log_flush (s->env, NULL);
           if (ret != 0)
             {
               g_warning ("flushing the log: %s", db_strerror (ret));
-              for (McqOp *o = first; o != NULL; o = o->next)
-                if (o->status != MCQ_OP_FAILED)
-                  {
-                    o->status = MCQ_OP_FAILED;
-                    db_fail (ret, &o->error, "flushing the log");
-                  }
+              fail_all (late, ret, "flushing the log");
+              fail_all (early, ret, "writing the log");
             }
         }
-      gboolean changed = publish (s);
-
-      if (first != NULL)
-        {
-          Completion *c = g_new (Completion, 1);
-          c->store = s;
-          c->first = first;
-          c->changed = changed;
-          g_main_context_invoke (NULL, complete_batch, c);
-        }
+      post (s, early, FALSE);
+      post (s, late, changed);
     }
   return NULL;
 }
