@@ -19,8 +19,8 @@
 /* Read granularity, and the bounds that keep one client from using
  * unbounded memory: past OUT_HIGH bytes of unsent replies or PIPELINE_MAX
  * unanswered requests we stop reading from it until it catches up. */
-#define READ_CHUNK (16 * 1024)
 #define OUT_HIGH (4 * 1024 * 1024)
+#define OUT_KEEP (4 * 1024)
 #define PIPELINE_MAX 256
 
 typedef struct _Slot Slot;
@@ -32,20 +32,23 @@ struct _McqConnection {
   int fd;
   int refs;                     /* the socket, plus one per op in the store */
 
-  GByteArray *in;
+  GByteArray *in;               /* NULL unless a request is incomplete */
   size_t in_off;
   guint64 discard;              /* bytes still to drop (swallowed body) */
   gboolean skip_line;           /* then drop through the next '\n' */
 
   GQueue slots;                 /* Slot*, in request order */
-  GByteArray *out;
+  GByteArray *out;              /* NULL until there is something to send */
   size_t out_off;
+  size_t out_peak;
 
   gboolean read_closed;         /* peer sent EOF, or quit, or fatal error */
   gboolean closed;              /* socket gone; waiting for ops to finish */
 };
 
 struct _Slot {
+  GList link;                   /* in McqConnection.slots; no allocation */
+  Slot *next_free;
   McqConnection *conn;
   McqOp op;
   McqCommand cmd;
@@ -62,23 +65,40 @@ static void conn_process_input (McqConnection *c);
 
 /* ---- lifetime ------------------------------------------------------------- */
 
+/* Finished slots are kept for reuse, with their op's buffers, so that a
+ * connection in steady state allocates nothing per request. */
+#define SLOT_CACHE_MAX 4096
+#define SLOT_BODY_KEEP (64 * 1024)
+
+static Slot *slot_cache;
+static guint slot_cache_len;
+
 static void
 slot_free (Slot *s)
 {
-  mcq_op_release (&s->op);
-  if (s->reply)
-    g_byte_array_unref (s->reply);
-  g_free (s);
+  g_clear_pointer (&s->reply, g_byte_array_unref);
+  if (slot_cache_len >= SLOT_CACHE_MAX)
+    {
+      mcq_op_release (&s->op);
+      g_free (s);
+      return;
+    }
+  mcq_op_clear (&s->op);
+  s->next_free = slot_cache;
+  slot_cache = s;
+  slot_cache_len++;
 }
+
 
 static void
 conn_unref (McqConnection *c)
 {
   if (--c->refs > 0)
     return;
-  g_queue_clear_full (&c->slots, (GDestroyNotify) slot_free);
-  g_byte_array_unref (c->in);
-  g_byte_array_unref (c->out);
+  while (!g_queue_is_empty (&c->slots))
+    slot_free (g_queue_pop_head_link (&c->slots)->data);
+  g_clear_pointer (&c->in, g_byte_array_unref);
+  g_clear_pointer (&c->out, g_byte_array_unref);
   c->server->conn_structures--;
   g_source_unref (&c->source);
 }
@@ -126,7 +146,7 @@ out_printf (GByteArray *out, const char *fmt, ...)
 static size_t
 out_pending (McqConnection *c)
 {
-  return c->out->len - c->out_off;
+  return c->out ? c->out->len - c->out_off : 0;
 }
 
 /* Writes as much as the socket takes.  Returns FALSE if the peer is gone. */
@@ -148,10 +168,17 @@ conn_write (McqConnection *c)
       c->out_off += (size_t) n;
       c->server->counters.bytes_written += (guint64) n;
     }
+  if (c->out == NULL)
+    return TRUE;
   if (c->out_off == c->out->len)
     {
-      g_byte_array_set_size (c->out, 0);
+      /* Keep a small buffer for the next replies; give a big one back. */
+      if (c->out_peak > OUT_KEEP)
+        g_clear_pointer (&c->out, g_byte_array_unref);
+      else
+        g_byte_array_set_size (c->out, 0);
       c->out_off = 0;
+      c->out_peak = 0;
     }
   else if (c->out_off > c->out->len / 2)
     {
@@ -169,7 +196,7 @@ conn_release_replies (McqConnection *c)
 
   while ((s = g_queue_peek_head (&c->slots)) != NULL && !s->pending)
     {
-      g_queue_pop_head (&c->slots);
+      g_queue_pop_head_link (&c->slots);
       /* "stats" and "stats reset" act when their turn comes, so that they
        * see the effect of every request sent before them. */
       if (s->cmd == MCQ_CMD_STATS)
@@ -180,16 +207,31 @@ conn_release_replies (McqConnection *c)
           out_append (slot_reply (s), "RESET\r\n", 7);
         }
       if (s->reply != NULL && !c->closed)
-        out_append (c->out, s->reply->data, s->reply->len);
+        {
+          if (c->out == NULL)
+            c->out = g_byte_array_new ();
+          out_append (c->out, s->reply->data, s->reply->len);
+          c->out_peak = MAX (c->out_peak, c->out->len);
+        }
       slot_free (s);
     }
 }
 
 /* ---- replies --------------------------------------------------------------- */
 
+/* Where a slot's reply goes: straight to the output when nothing is owed
+ * before it (the common case), else to the slot until its turn. */
 static GByteArray *
 slot_reply (Slot *s)
 {
+  McqConnection *c = s->conn;
+
+  if (s->reply == NULL && !c->closed && g_queue_peek_head (&c->slots) == s)
+    {
+      if (c->out == NULL)
+        c->out = g_byte_array_new ();
+      return c->out;
+    }
   if (s->reply == NULL)
     s->reply = g_byte_array_new ();
   return s->reply;
@@ -315,7 +357,10 @@ slot_done (McqOp *op)
       }
   if (op->status == MCQ_OP_OK && s->cmd == MCQ_CMD_SET)
     c->server->counters.set_hits++;
-  /* Free the message copies now rather than when the slot leaves. */
+  /* Free the message copies now rather than when the slot leaves, and do
+   * not keep a large body buffer around for reuse. */
+  if (op->body != NULL && op->body->len > SLOT_BODY_KEEP)
+    g_clear_pointer (&op->body, g_byte_array_unref);
   mcq_op_clear (op);
 
   if (!c->closed)
@@ -333,10 +378,22 @@ slot_done (McqOp *op)
 static Slot *
 slot_new (McqConnection *c, McqCommand cmd)
 {
-  Slot *s = g_new0 (Slot, 1);
+  Slot *s = slot_cache;
+
+  if (s != NULL)
+    {
+      slot_cache = s->next_free;
+      slot_cache_len--;
+      s->next_free = NULL;
+      s->pending = s->noreply = s->with_cas = FALSE;
+    }
+  else
+    s = g_new0 (Slot, 1);
   s->conn = c;
   s->cmd = cmd;
-  g_queue_push_tail (&c->slots, s);
+  s->link.data = s;
+  s->link.prev = s->link.next = NULL;
+  g_queue_push_tail_link (&c->slots, &s->link);
   return s;
 }
 
@@ -434,50 +491,48 @@ handle_request (McqConnection *c, const McqRequest *req)
     }
 }
 
-/* Drops already-parsed input; keeps the buffer from creeping forward. */
-static void
-in_consume (McqConnection *c, size_t n)
+static gboolean
+may_parse (McqConnection *c)
 {
-  c->in_off += n;
-  if (c->in_off == c->in->len)
-    {
-      g_byte_array_set_size (c->in, 0);
-      c->in_off = 0;
-    }
+  return !c->read_closed && g_queue_get_length (&c->slots) < PIPELINE_MAX &&
+         out_pending (c) < OUT_HIGH;
 }
 
-static void
-conn_process_input (McqConnection *c)
+/* Parses and dispatches what buf holds; returns how much was used.  What
+ * is left is an incomplete request, or input parked while the client has
+ * too many requests in flight. */
+static size_t
+process_bytes (McqConnection *c, const char *buf, size_t len)
 {
-  while (!c->read_closed && g_queue_get_length (&c->slots) < PIPELINE_MAX)
+  size_t used = 0;
+
+  while (used < len && may_parse (c))
     {
-      const char *buf = (const char *) c->in->data + c->in_off;
-      size_t avail = c->in->len - c->in_off;
+      const char *p = buf + used;
+      size_t avail = len - used;
       McqRequest req;
       McqParseResult r;
 
-      if (avail == 0)
-        break;
       if (c->discard > 0)
         {
           size_t n = (size_t) MIN ((guint64) avail, c->discard);
           c->discard -= n;
-          in_consume (c, n);
+          used += n;
           continue;
         }
       if (c->skip_line)
         {
-          const char *nl = memchr (buf, '\n', avail);
-          in_consume (c, nl ? (size_t) (nl - buf) + 1 : avail);
+          const char *nl = memchr (p, '\n', avail);
+          used += nl ? (size_t) (nl - p) + 1 : avail;
           c->skip_line = nl == NULL;
           continue;
         }
 
-      r = mcq_parse_request (buf, avail, c->server->max_body, &req);
+      r = mcq_parse_request (p, avail, c->server->max_body, &req);
       switch (r.status)
         {
         case MCQ_PARSE_NEED_MORE:
-          return;
+          return used;
         case MCQ_PARSE_REQUEST:
           handle_request (c, &req);
           break;
@@ -494,29 +549,43 @@ conn_process_input (McqConnection *c)
         default:
           g_assert_not_reached ();
         }
-      in_consume (c, r.consumed);
+      used += r.consumed;
+    }
+  return used;
+}
+
+/* Parses input kept from earlier reads. */
+static void
+conn_process_input (McqConnection *c)
+{
+  if (c->in == NULL)
+    return;
+  c->in_off += process_bytes (c, (const char *) c->in->data + c->in_off, c->in->len - c->in_off);
+  if (c->in_off == c->in->len || c->read_closed)
+    {
+      /* Nothing kept: give the memory back, idle connections cost little. */
+      g_clear_pointer (&c->in, g_byte_array_unref);
+      c->in_off = 0;
+    }
+  else if (c->in_off > 0 && c->in_off >= c->in->len / 2)
+    {
+      g_byte_array_remove_range (c->in, 0, (guint) c->in_off);
+      c->in_off = 0;
     }
 }
 
-/* Reads what is there.  Returns FALSE when the connection must close now. */
+/* Reads what is there.  Returns FALSE when the connection must close now.
+ * Reads land in one buffer shared by all connections (they all run on the
+ * main thread); only an incomplete request is copied to the connection. */
 static gboolean
 conn_read (McqConnection *c)
 {
-  for (int rounds = 0; rounds < 4; rounds++)
-    {
-      size_t room;
-      ssize_t n;
+  static char shared[64 * 1024];
 
-      if (c->in_off > 0 && c->in_off >= c->in->len / 2)
-        {
-          g_byte_array_remove_range (c->in, 0, (guint) c->in_off);
-          c->in_off = 0;
-        }
-      size_t used = c->in->len;
-      g_byte_array_set_size (c->in, (guint) (used + READ_CHUNK));
-      room = READ_CHUNK;
-      n = recv (c->fd, c->in->data + used, room, 0);
-      g_byte_array_set_size (c->in, (guint) (used + (n > 0 ? (size_t) n : 0)));
+  for (int rounds = 0; rounds < 4 && may_parse (c); rounds++)
+    {
+      ssize_t n = recv (c->fd, shared, sizeof shared, 0);
+
       if (n == 0)
         {
           c->read_closed = TRUE;   /* half-close: still answer what came */
@@ -532,9 +601,21 @@ conn_read (McqConnection *c)
           return FALSE;
         }
       c->server->counters.bytes_read += (guint64) n;
-      conn_process_input (c);
-      if (c->read_closed || (size_t) n < room ||
-          g_queue_get_length (&c->slots) >= PIPELINE_MAX || out_pending (c) >= OUT_HIGH)
+      if (c->in == NULL)
+        {
+          size_t used = process_bytes (c, shared, (size_t) n);
+          if (used < (size_t) n && !c->read_closed)
+            {
+              c->in = g_byte_array_sized_new ((guint) ((size_t) n - used));
+              g_byte_array_append (c->in, (const guint8 *) shared + used, (guint) ((size_t) n - used));
+            }
+        }
+      else
+        {
+          g_byte_array_append (c->in, (const guint8 *) shared, (guint) n);
+          conn_process_input (c);
+        }
+      if ((size_t) n < sizeof shared)
         return TRUE;
     }
   return TRUE;
@@ -556,7 +637,7 @@ conn_update (McqConnection *c)
       return;
     }
   /* Input parked while the pipeline was full can be parsed now. */
-  if (!c->read_closed && g_queue_get_length (&c->slots) < PIPELINE_MAX && c->in->len > c->in_off)
+  if (c->in != NULL && may_parse (c))
     {
       conn_process_input (c);
       conn_release_replies (c);
@@ -571,8 +652,7 @@ conn_update (McqConnection *c)
       conn_close (c);
       return;
     }
-  may_read = !c->read_closed && g_queue_get_length (&c->slots) < PIPELINE_MAX &&
-             out_pending (c) < OUT_HIGH;
+  may_read = may_parse (c);
   if (may_read)
     want |= G_IO_IN;
   if (out_pending (c) > 0)
@@ -616,8 +696,6 @@ mcq_connection_new (McqServer *srv, int fd)
   c->server = srv;
   c->fd = fd;
   c->refs = 1;
-  c->in = g_byte_array_new ();
-  c->out = g_byte_array_new ();
   g_queue_init (&c->slots);
   c->tag = g_source_add_unix_fd (source, fd, G_IO_IN);
   g_source_set_name (source, "mcq-connection");

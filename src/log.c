@@ -21,6 +21,22 @@ wanted (GLogLevelFlags level)
   return v >= 2;
 }
 
+static const char *
+level_prefix (GLogLevelFlags level)
+{
+  if (level & G_LOG_LEVEL_ERROR)
+    return "error: ";
+  if (level & G_LOG_LEVEL_CRITICAL)
+    return "critical: ";
+  if (level & G_LOG_LEVEL_WARNING)
+    return "warning: ";
+  if (level & G_LOG_LEVEL_INFO)
+    return "info: ";
+  if (level & G_LOG_LEVEL_DEBUG)
+    return "debug: ";
+  return "";
+}
+
 static GLogWriterOutput
 writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
 {
@@ -29,10 +45,12 @@ writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer 
   if (to_journal && g_log_writer_journald (level, fields, n_fields, user_data) == G_LOG_WRITER_HANDLED)
     return G_LOG_WRITER_HANDLED;
   /* GLib's own stream writer sends info and debug to stdout; a daemon's
-   * log belongs on stderr whatever its level. */
-  g_autofree char *line = g_log_writer_format_fields (level, fields, n_fields,
-                                                      g_log_writer_supports_color (fileno (stderr)));
-  fprintf (stderr, "%s\n", line);
+   * log belongs on stderr whatever its level, one plain line per record. */
+  const char *message = NULL;
+  for (gsize i = 0; i < n_fields; i++)
+    if (g_strcmp0 (fields[i].key, "MESSAGE") == 0)
+      message = fields[i].value;
+  fprintf (stderr, "memcacheq: %s%s\n", level_prefix (level), message ? message : "");
   fflush (stderr);
   return G_LOG_WRITER_HANDLED;
 }

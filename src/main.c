@@ -245,6 +245,7 @@ main (int argc, char **argv)
         return fail ("nothing to listen on: -p 0 was given without -s");
     }
 
+  gboolean root_kept = FALSE;
   if (getuid () == 0 || geteuid () == 0)
     {
       if (opts.user != NULL)
@@ -253,7 +254,7 @@ main (int argc, char **argv)
             return fail (error->message);
         }
       else
-        g_warning ("running as root; use -u/--user to run as an unprivileged user");
+        root_kept = TRUE;
     }
   else if (opts.user != NULL)
     g_warning ("-u/--user is ignored: memcacheq was not started as root");
@@ -299,6 +300,11 @@ main (int argc, char **argv)
       mcq_store_close (server.store);
       return fail (error->message);
     }
+
+  /* Warned only once startup has succeeded, so that a failing start
+   * prints exactly one line: the reason. */
+  if (root_kept)
+    g_warning ("running as root; use -u/--user to run as an unprivileged user");
 
   d.loop = g_main_loop_new (NULL, FALSE);
   d.server = &server;

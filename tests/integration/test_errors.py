@@ -1,0 +1,140 @@
+"""Every error row of the contract: exact reply, then the same connection keeps working."""
+
+import pytest
+
+BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
+VERSION_REPLY = b"VERSION 0.1.0\r\n"
+
+
+def assert_still_usable(c, key=b"after_err"):
+    assert c.cmd(b"version\r\n") == VERSION_REPLY
+    assert c.cmd(b"set %s 0 0 2\r\nok\r\n" % key) == b"STORED\r\n"
+    assert c.cmd(b"get %s\r\n" % key, b"END\r\n") == b"VALUE %s 0 2\r\nok\r\nEND\r\n" % key
+
+
+# Bad set lines: only the line is sent (no body is consumed in this case).
+BAD_SET_LINES = {
+    "negative_bytes": b"set q 0 0 -1\r\n",
+    "non_numeric_bytes": b"set q 0 0 abc\r\n",
+    "bytes_with_junk": b"set q 0 0 5x\r\n",
+    "non_numeric_flags": b"set q abc 0 5\r\n",
+    "negative_flags": b"set q -1 0 5\r\n",
+    "flags_too_big": b"set q 4294967296 0 5\r\n",
+    "non_numeric_exptime": b"set q 0 soon 5\r\n",
+    "missing_bytes": b"set q 0 0\r\n",
+    "missing_exptime_and_bytes": b"set q 0\r\n",
+    "only_key": b"set q\r\n",
+    "extra_junk": b"set q 0 0 5 junk\r\n",
+}
+
+
+@pytest.mark.parametrize("line", list(BAD_SET_LINES.values()), ids=list(BAD_SET_LINES))
+def test_bad_set_line(conn, line):
+    assert conn.cmd(line) == BAD_FORMAT
+    assert_still_usable(conn)
+    # nothing was stored in q
+    assert conn.cmd(b"get q\r\n", b"END\r\n") == b"END\r\n"
+
+
+def test_key_of_250_bytes_accepted(conn):
+    key = b"k" * 250
+    assert conn.cmd(b"set %s 0 0 3\r\nabc\r\n" % key) == b"STORED\r\n"
+    assert conn.stats_queue_raw() == b"STAT %s 1/0\r\nEND\r\n" % key
+    assert conn.cmd(b"get %s\r\n" % key, b"END\r\n") == b"VALUE %s 0 3\r\nabc\r\nEND\r\n" % key
+
+
+def test_key_of_251_bytes_rejected_and_body_consumed(conn):
+    key = b"k" * 251
+    # the body contains a line that would be a valid command if it were not consumed
+    assert conn.cmd(b"set %s 0 0 7\r\nversion\r\n" % key) == b"CLIENT_ERROR key too long\r\n"
+    assert_still_usable(conn)
+    assert conn.stats_queue_raw() == b"STAT after_err 1/1\r\nEND\r\n"
+
+
+def test_get_with_251_byte_key(conn):
+    key = b"k" * 251
+    assert conn.cmd(b"get %s\r\n" % key) == b"CLIENT_ERROR key too long\r\n"
+    assert_still_usable(conn)
+
+
+@pytest.mark.parametrize("key", [b"a\x01b", b"esc\x1b", b"del\x7f", b"\x1fx"],
+                         ids=["soh", "esc", "del", "unit_sep"])
+def test_control_char_key_rejected_and_body_consumed(conn, key):
+    reply = conn.cmd(b"set %s 0 0 7\r\nversion\r\n" % key)
+    assert reply == b"CLIENT_ERROR key contains control characters\r\n"
+    assert_still_usable(conn)
+    assert conn.stats_queue_raw() == b"STAT after_err 1/1\r\nEND\r\n"
+
+
+def test_oversize_body_swallowed(make_daemon):
+    d = make_daemon(["-N", "-B", "100"])
+    with d.client() as c:
+        body = (b"version\r\n" * 12)[:101]
+        assert len(body) == 101
+        assert (c.cmd(b"set big 0 0 101\r\n" + body + b"\r\n")
+                == b"SERVER_ERROR object too large for cache\r\n")
+        assert_still_usable(c)
+        assert c.cmd(b"get big\r\n", b"END\r\n") == b"END\r\n"
+
+
+def test_body_longer_than_declared(conn):
+    assert conn.cmd(b"set q 0 0 3\r\nhello\r\n") == b"CLIENT_ERROR bad data chunk\r\n"
+    assert_still_usable(conn)
+    assert conn.cmd(b"get q\r\n", b"END\r\n") == b"END\r\n"
+
+
+def test_body_shorter_than_declared(conn):
+    # "hello\r\nget" becomes the 10-byte body, " q\r\n" is not CRLF -> bad data chunk,
+    # and the server skips through the next \n.
+    conn.send(b"set q 0 0 10\r\nhello\r\n")
+    conn.send(b"get q\r\n")
+    assert conn.read_line() == b"CLIENT_ERROR bad data chunk\r\n"
+    assert_still_usable(conn)
+    assert conn.cmd(b"get q\r\n", b"END\r\n") == b"END\r\n"
+    conn.expect_silence()
+
+
+def test_unknown_command(conn):
+    assert conn.cmd(b"frobnicate q1 q2\r\n") == b"ERROR\r\n"
+    assert_still_usable(conn)
+    # a cache's storage verbs are unknown here too; a client sends their body with the
+    # line, and the whole request gets one ERROR (the body must not run as commands)
+    assert conn.cmd(b"add q 0 0 9\r\nversion\r\n\r\n") == b"ERROR\r\n"
+    assert conn.cmd(b"version\r\n") == VERSION_REPLY
+    assert conn.cmd(b"get q\r\n", b"END\r\n") == b"END\r\n"
+    assert conn.stats_queue_raw() == b"STAT after_err 1/1\r\nEND\r\n"
+
+
+def test_empty_line(conn):
+    assert conn.cmd(b"\r\n") == b"ERROR\r\n"
+    assert_still_usable(conn)
+
+
+def test_get_without_key(conn):
+    assert conn.cmd(b"get\r\n") == b"ERROR\r\n"
+    assert_still_usable(conn)
+    assert conn.cmd(b"get \r\n") == b"ERROR\r\n"
+    assert conn.cmd(b"version\r\n") == VERSION_REPLY
+
+
+def test_line_too_long_closes_only_that_connection(daemon):
+    other = daemon.client()
+    assert other.set("ltl", b"survivor") == b"STORED\r\n"
+    c = daemon.client()
+    c.send(b"g" * 20000)
+    data = c.read_to_close()
+    c.close()
+    assert data == b"CLIENT_ERROR line too long\r\n"
+    # the server is unharmed: an existing connection and a new one both work
+    assert other.cmd(b"version\r\n") == VERSION_REPLY
+    with daemon.client() as fresh:
+        assert_still_usable(fresh)
+        assert fresh.get("ltl") == b"survivor"
+    other.close()
+
+
+def test_line_of_16384_bytes_is_not_too_long(conn):
+    # a line up to the limit is a normal (unknown) command line
+    line = b"x" * 16000 + b"\r\n"
+    assert conn.cmd(line) == b"ERROR\r\n"
+    assert_still_usable(conn)

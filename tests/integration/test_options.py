@@ -1,0 +1,142 @@
+"""Command-line handling: bad values fail fast with one clear line, a home directory
+is exclusive, --version, and the -c connection limit."""
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import clean_env, free_port
+
+
+def run_bin(mcq_bin, args, timeout=10):
+    return subprocess.run([str(mcq_bin)] + args, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=timeout, env=clean_env())
+
+
+def _bad(mcq_bin, tmp_path, args, pattern):
+    base = ["-l", "127.0.0.1", "-N"]
+    if "-H" not in args:
+        base += ["-H", str(tmp_path / "home")]
+    if "-p" not in args:
+        base += ["-p", str(free_port())]
+    t0 = time.monotonic()
+    r = run_bin(mcq_bin, base + args)
+    elapsed = time.monotonic() - t0
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 1, "exit code %r for %s; stderr=%r" % (r.returncode, args, err)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, "expected one line on stderr, got %r" % err
+    assert re.search(pattern, lines[0], re.I), "%r does not mention %s" % (lines[0], pattern)
+    assert elapsed < 5, "took %.1fs to fail" % elapsed
+    return lines[0]
+
+
+def test_bad_max_body(mcq_bin, tmp_path):
+    _bad(mcq_bin, tmp_path, ["-B", "abc"], r"-B|max-body|body")
+
+
+def test_port_out_of_range(mcq_bin, tmp_path):
+    _bad(mcq_bin, tmp_path, ["-p", "70000"], r"-p\b|port")
+
+
+def test_udp_not_supported(mcq_bin, tmp_path):
+    _bad(mcq_bin, tmp_path, ["-U", "5"], r"UDP")
+
+
+def test_home_is_regular_file(mcq_bin, tmp_path):
+    f = tmp_path / "plainfile"
+    f.write_text("not a directory\n")
+    _bad(mcq_bin, tmp_path, ["-H", str(f)], r"plainfile|home|-H|director")
+    assert f.read_text() == "not a directory\n"
+
+
+def test_udp_zero_accepted(make_daemon):
+    d = make_daemon(["-N", "-U", "0"])
+    with d.client() as c:
+        assert c.cmd(b"version\r\n") == b"VERSION 0.1.0\r\n"
+
+
+def test_home_already_in_use(make_daemon, mcq_bin):
+    first = make_daemon(["-N"])
+    with first.client() as c:
+        assert c.set("inuse", b"mine") == b"STORED\r\n"
+    second_port = free_port()
+    r = run_bin(mcq_bin, ["-p", str(second_port), "-l", "127.0.0.1", "-N",
+                          "-H", str(first.home)])
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode != 0 and r.returncode > 0, (r.returncode, err)
+    assert re.search(r"in use", err, re.I), err
+    # the first daemon is unharmed
+    assert first.running()
+    with first.client() as c:
+        assert c.get("inuse") == b"mine"
+        assert c.set("inuse", b"again") == b"STORED\r\n"
+    assert first.stop() == 0
+    # and once it is gone, the home can be opened again
+    first.start()
+    with first.client() as c:
+        assert c.get("inuse") == b"again"
+
+
+def test_home_usable_after_kill9(make_daemon):
+    # a stale lock from a killed daemon must not count as "in use"
+    d = make_daemon([])
+    with d.client() as c:
+        assert c.set("stale", b"s") == b"STORED\r\n"
+    d.kill9()
+    d.start()
+    with d.client() as c:
+        assert c.get("stale") == b"s"
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version(mcq_bin, flag):
+    r = run_bin(mcq_bin, [flag])
+    assert r.returncode == 0, r
+    assert r.stdout.decode().strip() == "memcacheq 0.1.0", r.stdout
+
+
+def test_max_connections(make_daemon):
+    d = make_daemon(["-N", "-c", "2"])
+    a = d.client()
+    assert a.cmd(b"version\r\n") == b"VERSION 0.1.0\r\n"
+    b = None
+    deadline = time.monotonic() + 10
+    # the readiness probe's connection may still be counted for a moment
+    while True:
+        b = d.client()
+        try:
+            b.send(b"version\r\n")
+            reply = b.read_line()
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            reply = b"(closed)"
+        if reply == b"VERSION 0.1.0\r\n":
+            break
+        assert reply in (b"SERVER_ERROR too many open connections\r\n", b"(closed)"), reply
+        b.close()
+        assert time.monotonic() < deadline, "second connection never admitted"
+        time.sleep(0.1)
+    third = d.client()
+    data = third.read_to_close()
+    third.close()
+    assert data == b"SERVER_ERROR too many open connections\r\n"
+    # existing connections are untouched
+    assert a.cmd(b"version\r\n") == b"VERSION 0.1.0\r\n"
+    assert b.cmd(b"version\r\n") == b"VERSION 0.1.0\r\n"
+    a.close()
+    deadline = time.monotonic() + 10
+    while True:
+        c = d.client()
+        try:
+            c.send(b"version\r\n")
+            reply = c.read_line()
+        except (EOFError, ConnectionResetError):
+            reply = None
+        c.close()
+        if reply == b"VERSION 0.1.0\r\n":
+            break
+        assert time.monotonic() < deadline, "slot not freed after a client left"
+        time.sleep(0.1)
+    b.close()
