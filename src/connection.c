@@ -20,6 +20,12 @@
  * unbounded memory: past OUT_HIGH bytes of unsent replies or PIPELINE_MAX
  * unanswered requests we stop reading from it until it catches up. */
 #define OUT_HIGH (4 * 1024 * 1024)
+/* A client that lets more than this pile up unread (or reads nothing for
+ * WRITE_STALL_S while replies wait) is cut off: it cannot make the daemon
+ * hold unbounded memory.  The bound grows with -B so one maximal reply fits. */
+#define OUT_LIMIT_MIN (16 * 1024 * 1024)
+#define WRITE_STALL_S 60
+#define SWEEP_INTERVAL_S 5
 #define OUT_KEEP (4 * 1024)
 #define PIPELINE_MAX 256
 
@@ -42,6 +48,7 @@ struct _McqConnection {
   size_t out_off;
   size_t out_peak;
 
+  gint64 last_write;            /* monotonic µs of the last write progress */
   gboolean read_closed;         /* peer sent EOF, or quit, or fatal error */
   gboolean closed;              /* socket gone; waiting for ops to finish */
 };
@@ -166,6 +173,7 @@ conn_write (McqConnection *c)
           return FALSE;
         }
       c->out_off += (size_t) n;
+      c->last_write = g_get_monotonic_time ();
       c->server->counters.bytes_written += (guint64) n;
     }
   if (c->out == NULL)
@@ -652,6 +660,13 @@ conn_update (McqConnection *c)
       conn_close (c);
       return;
     }
+  if (out_pending (c) > MAX ((guint64) OUT_LIMIT_MIN, 2 * c->server->max_body + 65536))
+    {
+      g_info ("cutting off a client that does not read its replies (%zu bytes unsent)",
+              out_pending (c));
+      conn_close (c);
+      return;
+    }
   may_read = may_parse (c);
   if (may_read)
     want |= G_IO_IN;
@@ -687,15 +702,39 @@ static GSourceFuncs conn_source_funcs = {
   .dispatch = conn_dispatch,
 };
 
+/* Closes connections whose replies have waited unread for too long. */
+static gboolean
+sweep (gpointer data)
+{
+  McqServer *srv = data;
+  gint64 now = g_get_monotonic_time ();
+  g_autoptr(GList) conns = g_list_copy (srv->conns);
+
+  for (GList *l = conns; l != NULL; l = l->next)
+    {
+      McqConnection *c = l->data;
+      if (out_pending (c) > 0 && now - c->last_write > WRITE_STALL_S * G_USEC_PER_SEC)
+        {
+          g_info ("cutting off a client that has read nothing for %d s", WRITE_STALL_S);
+          conn_close (c);
+        }
+    }
+  return G_SOURCE_CONTINUE;
+}
+
 McqConnection *
 mcq_connection_new (McqServer *srv, int fd)
 {
+  static guint sweep_source;
   GSource *source = g_source_new (&conn_source_funcs, sizeof (McqConnection));
   McqConnection *c = (McqConnection *) source;
 
   c->server = srv;
   c->fd = fd;
   c->refs = 1;
+  c->last_write = g_get_monotonic_time ();
+  if (sweep_source == 0)
+    sweep_source = g_timeout_add_seconds (SWEEP_INTERVAL_S, sweep, srv);
   g_queue_init (&c->slots);
   c->tag = g_source_add_unix_fd (source, fd, G_IO_IN);
   g_source_set_name (source, "mcq-connection");

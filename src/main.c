@@ -223,6 +223,20 @@ main (int argc, char **argv)
         }
     }
 
+  /* Each connection is a descriptor: take what the hard limit allows. */
+  {
+    struct rlimit rl;
+    if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
+      {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit (RLIMIT_NOFILE, &rl);
+      }
+    if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < (rlim_t) opts.max_conns + 32)
+      g_warning ("-c/--max-conns %u is above the open file limit (%lu); connections past "
+                 "it will wait", opts.max_conns, (unsigned long) rl.rlim_cur);
+  }
+
   /* Sockets first: a privileged port must be bound before dropping root. */
   listener = mcq_listener_new ();
   activated = mcq_listener_adopt_activated (listener, &error);
