@@ -50,6 +50,7 @@ struct _McqConnection {
 
   gint64 last_write;            /* monotonic µs of the last write progress */
   gboolean read_closed;         /* peer sent EOF, or quit, or fatal error */
+  gboolean draining;            /* shutdown: close as soon as nothing is owed */
   gboolean closed;              /* socket gone; waiting for ops to finish */
 };
 
@@ -655,8 +656,12 @@ conn_update (McqConnection *c)
           return;
         }
     }
-  if (c->read_closed && g_queue_is_empty (&c->slots) && out_pending (c) == 0)
+  if ((c->read_closed || c->draining) && g_queue_is_empty (&c->slots) && out_pending (c) == 0 &&
+      (c->read_closed || (c->in == NULL && c->discard == 0 && !c->skip_line)))
     {
+      /* Draining closes between requests: every request read has been
+       * answered and none is half received, so the client sees a clean
+       * end of stream rather than a reset. */
       conn_close (c);
       return;
     }
@@ -759,7 +764,7 @@ mcq_connection_refuse (int fd, const char *reply)
 void
 mcq_connection_drain (McqConnection *c)
 {
-  c->read_closed = TRUE;
+  c->draining = TRUE;
   conn_update (c);
 }
 

@@ -12,8 +12,8 @@ McqConnection *mcq_connection_new (McqServer *server, int fd);
 /* Refuses fd politely (too many connections) and closes it. */
 void mcq_connection_refuse (int fd, const char *reply);
 
-/* Shutdown: stop reading; the connection closes itself once every reply
- * already owed has been written (or the peer is gone). */
+/* Shutdown: the connection goes on serving, and closes itself the first
+ * time nothing is owed and no request is half received. */
 void mcq_connection_drain (McqConnection *conn);
 
 /* Closes every connection at once (last step of shutdown). */
