@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 static int verbosity_level;   /* atomic */
@@ -42,8 +43,18 @@ writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer 
 {
   if (!wanted (level))
     return G_LOG_WRITER_HANDLED;
-  if (to_journal && g_log_writer_journald (level, fields, n_fields, user_data) == G_LOG_WRITER_HANDLED)
-    return G_LOG_WRITER_HANDLED;
+  if (to_journal)
+    {
+      /* journalctl -t memcacheq needs SYSLOG_IDENTIFIER, which GLib does
+       * not add on its own. */
+      GLogField *all = g_newa (GLogField, n_fields + 1);
+      memcpy (all, fields, n_fields * sizeof (GLogField));
+      all[n_fields].key = "SYSLOG_IDENTIFIER";
+      all[n_fields].value = "memcacheq";
+      all[n_fields].length = -1;
+      if (g_log_writer_journald (level, all, n_fields + 1, user_data) == G_LOG_WRITER_HANDLED)
+        return G_LOG_WRITER_HANDLED;
+    }
   /* GLib's own stream writer sends info and debug to stdout; a daemon's
    * log belongs on stderr whatever its level, one plain line per record. */
   const char *message = NULL;
