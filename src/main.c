@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "connection.h"
+#include "dbus.h"
 #include "home.h"
 #include "listener.h"
 #include "log.h"
@@ -26,6 +27,7 @@
 #include "store.h"
 
 #define SHUTDOWN_GRACE_US (10 * G_USEC_PER_SEC)
+#define DRAIN_QUIET_US (200 * 1000)
 #define STATUS_INTERVAL_S 5
 
 static const char license_text[] =
@@ -157,23 +159,53 @@ write_pidfile (const char *path, GError **error)
   return TRUE;
 }
 
-/* Shutdown: stop reading, let every op already in the store finish and its
- * reply go out, then close.  Bounded, so a client that never reads cannot
- * hold the daemon up. */
+/* --dbus */
+static GBusType
+bus_type (const McqOptions *o)
+{
+  switch (mcq_options_dbus (o))
+    {
+    case MCQ_DBUS_SYSTEM:
+      return G_BUS_TYPE_SYSTEM;
+    case MCQ_DBUS_SESSION:
+      return G_BUS_TYPE_SESSION;
+    case MCQ_DBUS_NONE:
+    default:
+      return G_BUS_TYPE_NONE;
+    }
+}
+
+static gboolean
+tick (gpointer data)
+{
+  return G_SOURCE_CONTINUE;
+}
+
+/* Shutdown, with the listening sockets already closed (under socket
+ * activation the kernel keeps queueing new connections for the next
+ * instance).  First a short quiet period in which connections are served
+ * as usual, so requests already on their way are answered; then each
+ * connection closes at its first idle moment; then whatever is left is
+ * closed at the deadline, so a client that never reads cannot hold the
+ * daemon up. */
 static void
 drain (McqServer *srv)
 {
-  gint64 deadline = g_get_monotonic_time () + SHUTDOWN_GRACE_US;
-  g_autoptr(GList) conns = g_list_copy (srv->conns);
+  gint64 start = g_get_monotonic_time ();
+  guint ticker = g_timeout_add (10, tick, NULL);
+  g_autoptr(GList) conns = NULL;
 
   srv->stopping = TRUE;
+  while (g_get_monotonic_time () < start + DRAIN_QUIET_US && srv->conns != NULL)
+    g_main_context_iteration (NULL, TRUE);
+  conns = g_list_copy (srv->conns);
   for (GList *l = conns; l != NULL; l = l->next)
     if (g_list_find (srv->conns, l->data))
       mcq_connection_drain (l->data);
   while ((srv->conns != NULL || mcq_store_pending (srv->store) > 0) &&
-         g_get_monotonic_time () < deadline)
-    if (!g_main_context_iteration (NULL, FALSE))
-      g_usleep (1000);
+         g_get_monotonic_time () < start + SHUTDOWN_GRACE_US)
+    g_main_context_iteration (NULL, TRUE);
+  g_source_remove (ticker);
   mcq_connection_close_all (srv);
 }
 
@@ -189,6 +221,7 @@ main (int argc, char **argv)
   g_autofree char *status = NULL;
   McqStoreConfig store_cfg = { 0 };
   McqServer server = { 0 };
+  McqDbus *dbus = NULL;
   Daemon d = { 0 };
   int activated, notify_fd = -1;
 
@@ -328,6 +361,8 @@ main (int argc, char **argv)
   signal (SIGHUP, SIG_IGN);
 
   mcq_listener_start (listener, &server);
+  /* Connects in the background; the bus is never a reason not to serve. */
+  dbus = mcq_dbus_start (&server, bus_type (&opts));
   status = status_line (&server);
   mcq_sd_ready (status);
   mcq_sd_watchdog_start ();
@@ -342,6 +377,7 @@ main (int argc, char **argv)
   mcq_sd_stopping ();
   g_message ("shutting down: finishing in-flight requests");
   g_source_remove (status_source);
+  g_clear_pointer (&dbus, mcq_dbus_stop);
   g_clear_pointer (&listener, mcq_listener_free);
   drain (&server);
   mcq_sd_watchdog_stop ();

@@ -41,6 +41,7 @@ mcq_options_clear (McqOptions *o)
   g_free (o->user);
   g_free (o->pidfile);
   g_free (o->home);
+  g_free (o->dbus);
   g_clear_pointer (&o->given, g_ptr_array_unref);
 }
 
@@ -161,6 +162,7 @@ mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **error)
     { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, on_verbose, "more log output (-vv: debug)", NULL },
     { "license", 'i', 0, G_OPTION_ARG_NONE, &o->show_license, "print the license and exit", NULL },
     { "version", 'V', 0, G_OPTION_ARG_NONE, &o->show_version, "print the version and exit", NULL },
+    { "dbus", 0, 0, G_OPTION_ARG_STRING, &o->dbus, "publish queue statistics on this D-Bus bus: system (default), session or none", "BUS" },
   };
 
   g_array_append_vals (entries, fixed, G_N_ELEMENTS (fixed));
@@ -228,7 +230,24 @@ mcq_options_check (const McqOptions *o, GError **error)
       g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "-s/--unix-socket: empty path");
       return FALSE;
     }
+  if (o->dbus != NULL && g_strcmp0 (o->dbus, "system") != 0 &&
+      g_strcmp0 (o->dbus, "session") != 0 && g_strcmp0 (o->dbus, "none") != 0)
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                   "--dbus: invalid value “%s”: expected system, session or none", o->dbus);
+      return FALSE;
+    }
   return TRUE;
+}
+
+McqDbusChoice
+mcq_options_dbus (const McqOptions *o)
+{
+  if (g_strcmp0 (o->dbus, "session") == 0)
+    return MCQ_DBUS_SESSION;
+  if (g_strcmp0 (o->dbus, "none") == 0)
+    return MCQ_DBUS_NONE;
+  return MCQ_DBUS_SYSTEM;
 }
 
 GPtrArray *

@@ -4,6 +4,13 @@
 
 #include <glib.h>
 
+/* --dbus: where the statistics are published (see dbus.h). */
+typedef enum {
+  MCQ_DBUS_SYSTEM,
+  MCQ_DBUS_SESSION,
+  MCQ_DBUS_NONE,
+} McqDbusChoice;
+
 typedef struct {
   /* listening */
   guint port;
@@ -23,6 +30,7 @@ typedef struct {
   guint threads;
   gboolean show_license;
   gboolean show_version;
+  char *dbus;                   /* --dbus: "system", "session" or "none"; NULL: system */
 
   /* storage */
   char *home;
@@ -50,6 +58,9 @@ gboolean mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **err
 
 /* Cross-option checks after parsing (UDP, page size, ...). */
 gboolean mcq_options_check (const McqOptions *o, GError **error);
+
+/* The bus --dbus names (after mcq_options_check accepted it). */
+McqDbusChoice mcq_options_dbus (const McqOptions *o);
 
 /* Warnings for options that are accepted but have no effect here. */
 GPtrArray *mcq_options_warnings (const McqOptions *o);

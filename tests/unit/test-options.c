@@ -36,6 +36,7 @@ test_defaults (void)
   g_assert_cmpuint (o.max_body, ==, 1048576);
   g_assert_cmpuint (o.max_conns, ==, 1024);
   g_assert_false (o.no_sync);
+  g_assert_cmpint (mcq_options_dbus (&o), ==, MCQ_DBUS_SYSTEM);
 }
 
 static void
@@ -93,6 +94,32 @@ test_bad_values (void)
 }
 
 static void
+test_dbus (void)
+{
+  const struct { const char *arg; McqDbusChoice want; } ok[] = {
+    { "--dbus=system", MCQ_DBUS_SYSTEM },
+    { "--dbus=session", MCQ_DBUS_SESSION },
+    { "--dbus=none", MCQ_DBUS_NONE },
+  };
+  const char *bad[] = { "--dbus=SYSTEM", NULL };
+  const char *empty[] = { "--dbus=", NULL };
+  const char *missing[] = { "--dbus", NULL };
+
+  for (guint i = 0; i < G_N_ELEMENTS (ok); i++)
+    {
+      g_auto(McqOptions) o;
+      const char *args[] = { ok[i].arg, NULL };
+
+      mcq_options_init (&o);
+      g_assert_true (parse (&o, args, NULL));
+      g_assert_cmpint (mcq_options_dbus (&o), ==, ok[i].want);
+    }
+  check_bad (bad, "--dbus");
+  check_bad (empty, "--dbus");
+  check_bad (missing, "--dbus");
+}
+
+static void
 test_warnings (void)
 {
   g_auto(McqOptions) o;
@@ -134,6 +161,7 @@ main (int argc, char **argv)
   g_test_add_func ("/options/defaults", test_defaults);
   g_test_add_func ("/options/values", test_values);
   g_test_add_func ("/options/bad-values", test_bad_values);
+  g_test_add_func ("/options/dbus", test_dbus);
   g_test_add_func ("/options/warnings", test_warnings);
   g_test_add_func ("/options/home", test_home);
   return g_test_run ();

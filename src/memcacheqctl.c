@@ -1,0 +1,709 @@
+/* memcacheqctl.c — the command-line client of memcacheq's D-Bus interface
+ * (data/org.memcacheq.MemcacheQ1.xml): status, queue lists and figures, live
+ * rates, DeleteQueue and Checkpoint.  It talks D-Bus only, never memcache. */
+#include <gio/gio.h>
+#include <locale.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+#define BUS_NAME "org.memcacheq.MemcacheQ1"
+#define DAEMON_PATH "/org/memcacheq/MemcacheQ1"
+#define DAEMON_IFACE "org.memcacheq.MemcacheQ1"
+#define QUEUE_IFACE "org.memcacheq.MemcacheQ1.Queue"
+#define QUEUE_PATH_PREFIX DAEMON_PATH "/queue/"
+#define ERROR_NO_SUCH_QUEUE "org.memcacheq.MemcacheQ1.Error.NoSuchQueue"
+#define CALL_TIMEOUT_MS 10000
+
+enum {
+  EXIT_OK = 0,
+  EXIT_FAIL = 1,                /* usage error, or the daemon reported a failure */
+  EXIT_UNREACHABLE = 2,         /* no bus, or no memcacheq on it */
+  EXIT_NO_QUEUE = 3,
+  EXIT_DENIED = 4,              /* the bus policy refused the call */
+};
+
+typedef struct {
+  GDBusConnection *conn;
+  const char *bus_label;
+  gboolean json;
+  int count;
+} Ctl;
+
+/* One queue as the daemon publishes it. */
+typedef struct {
+  char *name;                   /* exact bytes, from the object path */
+  char *display_name;           /* the Name property (valid UTF-8) */
+  char *path;
+  guint64 enqueued, dequeued, depth, bytes, age_us;
+} Queue;
+
+static void
+queue_free (gpointer p)
+{
+  Queue *q = p;
+  g_free (q->name);
+  g_free (q->display_name);
+  g_free (q->path);
+  g_free (q);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (Queue, queue_free)
+
+static int
+fail (int code, const char *format, ...) G_GNUC_PRINTF (2, 3);
+
+static int
+fail (int code, const char *format, ...)
+{
+  va_list ap;
+  g_autofree char *msg = NULL;
+
+  va_start (ap, format);
+  msg = g_strdup_vprintf (format, ap);
+  va_end (ap);
+  g_printerr ("memcacheqctl: %s\n", msg);
+  return code;
+}
+
+/* Maps a failed call to a message and an exit status. */
+static int
+call_failed (Ctl *c, GError *error, const char *queue)
+{
+  g_autofree char *remote = g_dbus_error_get_remote_error (error);
+
+  if (g_strcmp0 (remote, "org.freedesktop.DBus.Error.ServiceUnknown") == 0 ||
+      g_strcmp0 (remote, "org.freedesktop.DBus.Error.NameHasNoOwner") == 0)
+    return fail (EXIT_UNREACHABLE, "memcacheq is not running on the %s bus (nobody owns %s)",
+                 c->bus_label, BUS_NAME);
+  if (g_strcmp0 (remote, "org.freedesktop.DBus.Error.NoReply") == 0 ||
+      g_error_matches (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT) ||
+      g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED))
+    return fail (EXIT_UNREACHABLE, "memcacheq on the %s bus does not answer: %s", c->bus_label,
+                 error->message);
+  if (g_strcmp0 (remote, ERROR_NO_SUCH_QUEUE) == 0 ||
+      (queue != NULL && (g_strcmp0 (remote, "org.freedesktop.DBus.Error.UnknownObject") == 0 ||
+                         g_strcmp0 (remote, "org.freedesktop.DBus.Error.UnknownInterface") == 0 ||
+                         g_strcmp0 (remote, "org.freedesktop.DBus.Error.UnknownMethod") == 0)))
+    return fail (EXIT_NO_QUEUE, "no such queue: %s", queue ? queue : "?");
+  g_dbus_error_strip_remote_error (error);
+  if (g_strcmp0 (remote, "org.freedesktop.DBus.Error.AccessDenied") == 0)
+    return fail (EXIT_DENIED, "permission denied: %s (on the system bus only root may "
+                 "delete queues and checkpoint)", error->message);
+  return fail (EXIT_FAIL, "%s", error->message);
+}
+
+static GVariant *
+call (Ctl *c, const char *path, const char *iface, const char *method, GVariant *params,
+      const char *reply_type, GError **error)
+{
+  return g_dbus_connection_call_sync (c->conn, BUS_NAME, path, iface, method, params,
+                                      reply_type ? G_VARIANT_TYPE (reply_type) : NULL,
+                                      G_DBUS_CALL_FLAGS_NO_AUTO_START, CALL_TIMEOUT_MS, NULL,
+                                      error);
+}
+
+static int
+connect_bus (Ctl *c, const char *bus)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *address = NULL;
+
+  if (bus == NULL || strcmp (bus, "system") == 0)
+    {
+      c->bus_label = "system";
+      address = g_dbus_address_get_for_bus_sync (G_BUS_TYPE_SYSTEM, NULL, &error);
+    }
+  else if (strcmp (bus, "session") == 0)
+    {
+      c->bus_label = "session";
+      address = g_dbus_address_get_for_bus_sync (G_BUS_TYPE_SESSION, NULL, &error);
+    }
+  else if (strchr (bus, ':') != NULL)
+    {
+      c->bus_label = bus;
+      address = g_strdup (bus);
+    }
+  else
+    return fail (EXIT_FAIL, "--bus: invalid value “%s”: expected system, session or a "
+                 "D-Bus address such as unix:path=/run/dbus/system_bus_socket", bus);
+  if (address == NULL)
+    return fail (EXIT_UNREACHABLE, "cannot find the %s bus: %s", c->bus_label, error->message);
+  c->conn = g_dbus_connection_new_for_address_sync (address,
+                                                    G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                                                    G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+                                                    NULL, NULL, &error);
+  if (c->conn == NULL)
+    return fail (EXIT_UNREACHABLE, "cannot connect to the %s bus: %s", c->bus_label, error->message);
+  return EXIT_OK;
+}
+
+/* --- formatting ------------------------------------------------------------ */
+
+/* A name fit for a terminal: bytes that are not valid UTF-8 as \xHH. */
+static char *
+printable_name (const char *name)
+{
+  GString *out = g_string_new (NULL);
+  const char *p = name, *end = name + strlen (name);
+
+  while (p < end)
+    {
+      const char *bad;
+      if (g_utf8_validate (p, end - p, &bad))
+        {
+          g_string_append_len (out, p, end - p);
+          break;
+        }
+      g_string_append_len (out, p, bad - p);
+      g_string_append_printf (out, "\\x%02x", (guint8) *bad);
+      p = bad + 1;
+    }
+  return g_string_free (out, FALSE);
+}
+
+static void
+json_string (GString *out, const char *s)
+{
+  g_string_append_c (out, '"');
+  for (; *s; s++)
+    {
+      guchar ch = (guchar) *s;
+      if (ch == '"' || ch == '\\')
+        g_string_append_printf (out, "\\%c", ch);
+      else if (ch < 0x20 || ch == 0x7f)
+        g_string_append_printf (out, "\\u%04x", ch);
+      else
+        g_string_append_c (out, (char) ch);
+    }
+  g_string_append_c (out, '"');
+}
+
+static char *
+format_duration_us (guint64 us)
+{
+  guint64 s = us / G_USEC_PER_SEC;
+
+  if (us < G_USEC_PER_SEC)
+    return g_strdup_printf ("%" G_GUINT64_FORMAT " ms", us / 1000);
+  if (s < 60)
+    return g_strdup_printf ("%.1f s", (double) us / G_USEC_PER_SEC);
+  if (s < 3600)
+    return g_strdup_printf ("%" G_GUINT64_FORMAT "m %02" G_GUINT64_FORMAT "s", s / 60, s % 60);
+  if (s < 86400)
+    return g_strdup_printf ("%" G_GUINT64_FORMAT "h %02" G_GUINT64_FORMAT "m", s / 3600, s / 60 % 60);
+  return g_strdup_printf ("%" G_GUINT64_FORMAT "d %02" G_GUINT64_FORMAT "h", s / 86400, s / 3600 % 24);
+}
+
+/* A table: a header and rows of cells; the first column is left-aligned,
+ * the others (numbers) right-aligned. */
+typedef struct {
+  GPtrArray *rows;              /* GStrv per row, the header first */
+} Table;
+
+static void
+table_init (Table *t, const char *const *header)
+{
+  t->rows = g_ptr_array_new_with_free_func ((GDestroyNotify) g_strfreev);
+  g_ptr_array_add (t->rows, g_strdupv ((char **) header));
+}
+
+static void
+table_add (Table *t, GStrv row)
+{
+  g_ptr_array_add (t->rows, row);
+}
+
+static void
+table_print (Table *t)
+{
+  guint ncols = g_strv_length (t->rows->pdata[0]);
+  g_autofree guint *width = g_new0 (guint, ncols);
+
+  for (guint r = 0; r < t->rows->len; r++)
+    {
+      char **row = t->rows->pdata[r];
+      for (guint i = 0; i < ncols && row[i]; i++)
+        width[i] = MAX (width[i], (guint) g_utf8_strlen (row[i], -1));
+    }
+  for (guint r = 0; r < t->rows->len; r++)
+    {
+      char **row = t->rows->pdata[r];
+      g_autoptr(GString) line = g_string_new (NULL);
+      for (guint i = 0; i < ncols && row[i]; i++)
+        {
+          guint pad = width[i] - (guint) g_utf8_strlen (row[i], -1);
+          if (i > 0)
+            g_string_append (line, "  ");
+          if (i > 0)
+            for (guint k = 0; k < pad; k++)
+              g_string_append_c (line, ' ');
+          g_string_append (line, row[i]);
+          if (i == 0 && i + 1 < ncols)
+            for (guint k = 0; k < pad; k++)
+              g_string_append_c (line, ' ');
+        }
+      g_print ("%s\n", line->str);
+    }
+  g_ptr_array_unref (t->rows);
+}
+
+static char *
+u64 (guint64 v)
+{
+  return g_strdup_printf ("%" G_GUINT64_FORMAT, v);
+}
+
+/* --- reading the daemon ------------------------------------------------------ */
+
+static guint64
+dict_u64 (GVariant *dict, const char *key)
+{
+  guint64 v = 0;
+  g_variant_lookup (dict, key, "t", &v);
+  return v;
+}
+
+static Queue *
+queue_from_props (const char *path, GVariant *props)
+{
+  Queue *q = g_new0 (Queue, 1);
+  g_autofree char *escaped_name = NULL;
+
+  q->path = g_strdup (path);
+  if (g_str_has_prefix (path, QUEUE_PATH_PREFIX))
+    q->name = (char *) g_dbus_unescape_object_path (path + strlen (QUEUE_PATH_PREFIX));
+  if (!g_variant_lookup (props, "Name", "s", &q->display_name))
+    q->display_name = g_strdup (q->name ? q->name : "");
+  if (q->name == NULL)
+    q->name = g_strdup (q->display_name);
+  q->enqueued = dict_u64 (props, "Enqueued");
+  q->dequeued = dict_u64 (props, "Dequeued");
+  q->depth = dict_u64 (props, "Depth");
+  q->bytes = dict_u64 (props, "Bytes");
+  q->age_us = dict_u64 (props, "OldestMessageAge");
+  return q;
+}
+
+static gint
+compare_queues (gconstpointer a, gconstpointer b)
+{
+  return strcmp ((*(Queue *const *) a)->name, (*(Queue *const *) b)->name);
+}
+
+/* Every queue, sorted by name as "stats queue" sorts them. */
+static GPtrArray *
+list_queues (Ctl *c, GError **error)
+{
+  g_autoptr(GVariant) reply = NULL;
+  g_autoptr(GVariantIter) objects = NULL;
+  GPtrArray *out;
+  const char *path;
+  GVariant *ifaces;
+
+  reply = call (c, DAEMON_PATH, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", NULL,
+                "(a{oa{sa{sv}}})", error);
+  if (reply == NULL)
+    return NULL;
+  out = g_ptr_array_new_with_free_func (queue_free);
+  g_variant_get (reply, "(a{oa{sa{sv}}})", &objects);
+  while (g_variant_iter_next (objects, "{&o@a{sa{sv}}}", &path, &ifaces))
+    {
+      g_autoptr(GVariant) props = g_variant_lookup_value (ifaces, QUEUE_IFACE, G_VARIANT_TYPE ("a{sv}"));
+      if (props != NULL)
+        g_ptr_array_add (out, queue_from_props (path, props));
+      g_variant_unref (ifaces);
+    }
+  g_ptr_array_sort (out, compare_queues);
+  return out;
+}
+
+static char *
+queue_path (const char *name)
+{
+  g_autofree char *escaped = g_dbus_escape_object_path (name);
+  return g_strconcat (QUEUE_PATH_PREFIX, escaped, NULL);
+}
+
+static void
+json_queue (GString *out, const Queue *q)
+{
+  g_string_append (out, "{\"Name\":");
+  json_string (out, q->display_name);
+  g_string_append (out, ",\"ObjectPath\":");
+  json_string (out, q->path);
+  g_string_append_printf (out, ",\"Enqueued\":%" G_GUINT64_FORMAT ",\"Dequeued\":%" G_GUINT64_FORMAT
+                          ",\"Depth\":%" G_GUINT64_FORMAT ",\"Bytes\":%" G_GUINT64_FORMAT
+                          ",\"OldestMessageAge\":%" G_GUINT64_FORMAT "}",
+                          q->enqueued, q->dequeued, q->depth, q->bytes, q->age_us);
+}
+
+/* --- commands ---------------------------------------------------------------- */
+
+static int
+cmd_status (Ctl *c)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GVariant) reply = NULL;
+  g_autoptr(GVariant) props = NULL;
+  const char *version = "", *dir = "";
+  guint64 start_us = 0, total = 0;
+  guint32 curr = 0, queues = 0;
+  gboolean durable = FALSE;
+
+  reply = call (c, DAEMON_PATH, "org.freedesktop.DBus.Properties", "GetAll",
+                g_variant_new ("(s)", DAEMON_IFACE), "(a{sv})", &error);
+  if (reply == NULL)
+    return call_failed (c, error, NULL);
+  props = g_variant_get_child_value (reply, 0);
+  g_variant_lookup (props, "Version", "&s", &version);
+  g_variant_lookup (props, "StartTime", "t", &start_us);
+  g_variant_lookup (props, "CurrentConnections", "u", &curr);
+  g_variant_lookup (props, "TotalConnections", "t", &total);
+  g_variant_lookup (props, "QueueCount", "u", &queues);
+  g_variant_lookup (props, "Durable", "b", &durable);
+  g_variant_lookup (props, "StateDirectory", "&s", &dir);
+
+  if (c->json)
+    {
+      g_autoptr(GString) out = g_string_new ("{\"Version\":");
+      json_string (out, version);
+      g_string_append_printf (out, ",\"StartTime\":%" G_GUINT64_FORMAT ",\"CurrentConnections\":%u"
+                              ",\"TotalConnections\":%" G_GUINT64_FORMAT ",\"QueueCount\":%u"
+                              ",\"Durable\":%s,\"StateDirectory\":",
+                              start_us, curr, total, queues, durable ? "true" : "false");
+      json_string (out, dir);
+      g_string_append (out, "}");
+      g_print ("%s\n", out->str);
+    }
+  else
+    {
+      g_autoptr(GDateTime) started = g_date_time_new_from_unix_local ((gint64) (start_us / G_USEC_PER_SEC));
+      g_autofree char *when = started ? g_date_time_format (started, "%Y-%m-%d %H:%M:%S %Z") : g_strdup ("?");
+      gint64 up = g_get_real_time () - (gint64) start_us;
+      g_autofree char *uptime = format_duration_us (up > 0 ? (guint64) up : 0);
+
+      g_print ("Version:          %s\n", version);
+      g_print ("Started:          %s (up %s)\n", when, uptime);
+      g_print ("Connections:      %u open, %" G_GUINT64_FORMAT " since start\n", curr, total);
+      g_print ("Queues:           %u\n", queues);
+      g_print ("Durable:          %s\n", durable ? "yes (STORED after fsync)" : "no (-N/--no-sync)");
+      g_print ("State directory:  %s\n", dir);
+    }
+  return EXIT_OK;
+}
+
+static int
+cmd_list (Ctl *c)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) queues = list_queues (c, &error);
+
+  if (queues == NULL)
+    return call_failed (c, error, NULL);
+  if (c->json)
+    {
+      g_autoptr(GString) out = g_string_new ("[");
+      for (guint i = 0; i < queues->len; i++)
+        {
+          if (i > 0)
+            g_string_append_c (out, ',');
+          json_queue (out, queues->pdata[i]);
+        }
+      g_string_append (out, "]");
+      g_print ("%s\n", out->str);
+      return EXIT_OK;
+    }
+  if (queues->len == 0)
+    {
+      g_print ("no queues\n");
+      return EXIT_OK;
+    }
+  {
+    const char *header[] = { "QUEUE", "ENQUEUED", "DEQUEUED", "DEPTH", "BYTES", "OLDEST", NULL };
+    Table t;
+
+    table_init (&t, header);
+    for (guint i = 0; i < queues->len; i++)
+      {
+        const Queue *q = queues->pdata[i];
+        char **row = g_new0 (char *, 7);
+        row[0] = printable_name (q->name);
+        row[1] = u64 (q->enqueued);
+        row[2] = u64 (q->dequeued);
+        row[3] = u64 (q->depth);
+        row[4] = u64 (q->bytes);
+        row[5] = q->depth > 0 ? format_duration_us (q->age_us) : g_strdup ("-");
+        table_add (&t, row);
+      }
+    table_print (&t);
+  }
+  return EXIT_OK;
+}
+
+static int
+cmd_stats (Ctl *c, const char *name)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GVariant) reply = NULL;
+  g_autoptr(GVariant) props = NULL;
+  g_autofree char *path = queue_path (name);
+  g_autoptr(Queue) q = NULL;
+
+  reply = call (c, path, "org.freedesktop.DBus.Properties", "GetAll",
+                g_variant_new ("(s)", QUEUE_IFACE), "(a{sv})", &error);
+  if (reply == NULL)
+    {
+      g_autofree char *shown = printable_name (name);
+      return call_failed (c, error, shown);
+    }
+  props = g_variant_get_child_value (reply, 0);
+  q = queue_from_props (path, props);
+  if (c->json)
+    {
+      g_autoptr(GString) out = g_string_new (NULL);
+      json_queue (out, q);
+      g_print ("%s\n", out->str);
+    }
+  else
+    {
+      g_autofree char *shown = printable_name (q->name);
+      g_autofree char *age = q->depth > 0 ? format_duration_us (q->age_us) : g_strdup ("-");
+      g_print ("Queue:               %s\n", shown);
+      g_print ("Object path:         %s\n", q->path);
+      g_print ("Enqueued:            %" G_GUINT64_FORMAT "\n", q->enqueued);
+      g_print ("Dequeued:            %" G_GUINT64_FORMAT "\n", q->dequeued);
+      g_print ("Depth:               %" G_GUINT64_FORMAT "\n", q->depth);
+      g_print ("Bytes:               %" G_GUINT64_FORMAT "\n", q->bytes);
+      g_print ("Oldest message age:  %s\n", age);
+    }
+  return EXIT_OK;
+}
+
+static int
+cmd_delete (Ctl *c, const char *name)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GVariant) reply = NULL;
+
+  if (!g_utf8_validate (name, -1, NULL))
+    return fail (EXIT_FAIL, "the queue name is not valid UTF-8, which D-Bus cannot carry; "
+                 "delete it with the memcache command \"delete\"");
+  reply = call (c, DAEMON_PATH, DAEMON_IFACE, "DeleteQueue", g_variant_new ("(s)", name), "()", &error);
+  if (reply == NULL)
+    return call_failed (c, error, name);
+  if (c->json)
+    {
+      g_autoptr(GString) out = g_string_new ("{\"Name\":");
+      json_string (out, name);
+      g_string_append (out, ",\"Deleted\":true}");
+      g_print ("%s\n", out->str);
+    }
+  else
+    g_print ("deleted queue %s\n", name);
+  return EXIT_OK;
+}
+
+static int
+cmd_checkpoint (Ctl *c)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GVariant) reply = call (c, DAEMON_PATH, DAEMON_IFACE, "Checkpoint", NULL, "()", &error);
+
+  if (reply == NULL)
+    return call_failed (c, error, NULL);
+  g_print (c->json ? "{\"Checkpoint\":true}\n" : "checkpoint done\n");
+  return EXIT_OK;
+}
+
+/* Live rates: a GetManagedObjects a second, differences over the time
+ * between the two samples.  A queue that is new since the last sample
+ * counts from zero. */
+static int
+cmd_watch (Ctl *c)
+{
+  g_autoptr(GHashTable) before = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, queue_free);
+  g_autoptr(GPtrArray) first = NULL;
+  g_autoptr(GError) error = NULL;
+  gboolean tty = !c->json && isatty (STDOUT_FILENO);
+  gint64 t_before = g_get_monotonic_time (), next = t_before;
+
+  first = list_queues (c, &error);
+  if (first == NULL)
+    return call_failed (c, error, NULL);
+  while (first->len > 0)
+    {
+      Queue *q = g_ptr_array_steal_index (first, 0);
+      g_hash_table_replace (before, q->name, q);
+    }
+
+  for (int shown = 0; c->count <= 0 || shown < c->count; shown++)
+    {
+      g_autoptr(GPtrArray) now = NULL;
+      g_autoptr(GDateTime) clock = NULL;
+      g_autofree char *stamp = NULL;
+      gint64 t_now;
+      double dt;
+
+      next += G_USEC_PER_SEC;
+      while ((t_now = g_get_monotonic_time ()) < next)
+        g_usleep ((gulong) (next - t_now));
+      now = list_queues (c, &error);
+      if (now == NULL)
+        return call_failed (c, error, NULL);
+      t_now = g_get_monotonic_time ();
+      dt = (double) (t_now - t_before) / G_USEC_PER_SEC;
+      clock = g_date_time_new_now_local ();
+      stamp = g_date_time_format (clock, "%Y-%m-%d %H:%M:%S");
+
+      if (c->json)
+        {
+          g_autoptr(GString) out = g_string_new ("{\"Time\":");
+          json_string (out, stamp);
+          g_string_append_printf (out, ",\"Interval\":%.3f,\"Queues\":[", dt);
+          for (guint i = 0; i < now->len; i++)
+            {
+              const Queue *q = now->pdata[i];
+              const Queue *b = g_hash_table_lookup (before, q->name);
+              double enq = (double) (q->enqueued - (b && b->enqueued <= q->enqueued ? b->enqueued : 0)) / dt;
+              double deq = (double) (q->dequeued - (b && b->dequeued <= q->dequeued ? b->dequeued : 0)) / dt;
+              if (i > 0)
+                g_string_append_c (out, ',');
+              g_string_append (out, "{\"Name\":");
+              json_string (out, q->display_name);
+              g_string_append_printf (out, ",\"Depth\":%" G_GUINT64_FORMAT
+                                      ",\"EnqueueRate\":%.1f,\"DequeueRate\":%.1f}",
+                                      q->depth, enq, deq);
+            }
+          g_string_append (out, "]}");
+          g_print ("%s\n", out->str);
+        }
+      else
+        {
+          const char *header[] = { "QUEUE", "DEPTH", "ENQ/S", "DEQ/S", NULL };
+          Table t;
+
+          if (tty)
+            g_print ("\033[H\033[2J");
+          else if (shown > 0)
+            g_print ("\n");
+          g_print ("%s  %u queue%s, rates over the last %.1f s%s\n", stamp, now->len,
+                   now->len == 1 ? "" : "s", dt, c->count <= 0 ? " (Ctrl-C to stop)" : "");
+          table_init (&t, header);
+          for (guint i = 0; i < now->len; i++)
+            {
+              const Queue *q = now->pdata[i];
+              const Queue *b = g_hash_table_lookup (before, q->name);
+              char **row = g_new0 (char *, 5);
+              row[0] = printable_name (q->name);
+              row[1] = u64 (q->depth);
+              row[2] = g_strdup_printf ("%.1f", (double) (q->enqueued - (b && b->enqueued <= q->enqueued ? b->enqueued : 0)) / dt);
+              row[3] = g_strdup_printf ("%.1f", (double) (q->dequeued - (b && b->dequeued <= q->dequeued ? b->dequeued : 0)) / dt);
+              table_add (&t, row);
+            }
+          table_print (&t);
+        }
+      fflush (stdout);
+
+      g_hash_table_remove_all (before);
+      while (now->len > 0)
+        {
+          Queue *q = g_ptr_array_steal_index (now, 0);
+          g_hash_table_replace (before, q->name, q);
+        }
+      t_before = t_now;
+    }
+  return EXIT_OK;
+}
+
+int
+main (int argc, char **argv)
+{
+  g_autoptr(GOptionContext) ctx = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *bus = NULL;
+  gboolean version = FALSE;
+  Ctl c = { 0 };
+  const char *cmd;
+  int rc;
+  const GOptionEntry entries[] = {
+    { "bus", 'b', 0, G_OPTION_ARG_STRING, &bus,
+      "the bus memcacheq is on: system (the default; $DBUS_SYSTEM_BUS_ADDRESS is honoured), "
+      "session, or a D-Bus address such as unix:path=/run/dbus/system_bus_socket", "BUS" },
+    { "json", 'j', 0, G_OPTION_ARG_NONE, &c.json, "print JSON instead of tables (watch: one line per refresh)", NULL },
+    { "count", 'n', 0, G_OPTION_ARG_INT, &c.count, "watch: stop after N refreshes (default: run until interrupted)", "N" },
+    { "version", 'V', 0, G_OPTION_ARG_NONE, &version, "print the version and exit", NULL },
+    { NULL }
+  };
+
+  setlocale (LC_ALL, "");
+  ctx = g_option_context_new ("COMMAND [QUEUE]");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  g_option_context_set_summary (ctx,
+      "Looks at and manages a running memcacheq through D-Bus (org.memcacheq.MemcacheQ1).\n"
+      "\n"
+      "Commands:\n"
+      "  status          the daemon: version, start time, connections, queues, durability, state directory\n"
+      "  list            every queue: enqueued, dequeued, depth, bytes, age of the oldest message\n"
+      "  stats QUEUE     one queue's figures\n"
+      "  delete QUEUE    delete a queue and its messages (root only on the system bus)\n"
+      "  checkpoint      write a Berkeley DB checkpoint now (root only on the system bus)\n"
+      "  watch           live enqueue and dequeue rates per queue, refreshed every second");
+  g_option_context_set_description (ctx,
+      "JSON output uses the D-Bus property names and units: StartTime is in microseconds\n"
+      "since the Unix epoch, OldestMessageAge in microseconds.\n"
+      "\n"
+      "Exit status:\n"
+      "  0  success\n"
+      "  1  usage error, or the daemon reported a failure\n"
+      "  2  the daemon is not reachable (no bus, memcacheq not on it, or no answer)\n"
+      "  3  no such queue\n"
+      "  4  permission denied by the bus policy");
+  if (!g_option_context_parse (ctx, &argc, &argv, &error))
+    return fail (EXIT_FAIL, "%s (see --help)", error->message);
+  if (version)
+    {
+      g_print ("memcacheqctl %s\n", MCQ_VERSION);
+      return EXIT_OK;
+    }
+  if (argc < 2)
+    return fail (EXIT_FAIL, "no command given (see --help)");
+  cmd = argv[1];
+
+  if (strcmp (cmd, "stats") == 0 || strcmp (cmd, "delete") == 0)
+    {
+      if (argc != 3)
+        return fail (EXIT_FAIL, "%s needs one queue name (see --help)", cmd);
+    }
+  else if (strcmp (cmd, "status") == 0 || strcmp (cmd, "list") == 0 ||
+           strcmp (cmd, "checkpoint") == 0 || strcmp (cmd, "watch") == 0)
+    {
+      if (argc != 2)
+        return fail (EXIT_FAIL, "%s takes no arguments (see --help)", cmd);
+    }
+  else
+    return fail (EXIT_FAIL, "unknown command “%s” (see --help)", cmd);
+  if (c.count < 0)
+    return fail (EXIT_FAIL, "--count: must not be negative");
+
+  rc = connect_bus (&c, bus);
+  if (rc != EXIT_OK)
+    return rc;
+
+  if (strcmp (cmd, "status") == 0)
+    rc = cmd_status (&c);
+  else if (strcmp (cmd, "list") == 0)
+    rc = cmd_list (&c);
+  else if (strcmp (cmd, "stats") == 0)
+    rc = cmd_stats (&c, argv[2]);
+  else if (strcmp (cmd, "delete") == 0)
+    rc = cmd_delete (&c, argv[2]);
+  else if (strcmp (cmd, "checkpoint") == 0)
+    rc = cmd_checkpoint (&c);
+  else
+    rc = cmd_watch (&c);
+  g_clear_object (&c.conn);
+  return rc;
+}
