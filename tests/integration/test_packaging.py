@@ -86,11 +86,10 @@ MAN_PAGES = {
 
 
 def man_page(name):
-    """A page's source: data/, or beside its tool (memcacheq-bench.1 in src/bench)."""
-    for where in (DATA, REPO / "src" / "bench", REPO / "src"):
-        if (where / name).is_file():
-            return where / name
-    pytest.fail("manual page %s not found in data/ or src/" % name)
+    """A page's source: every manual page is kept in data/."""
+    if (DATA / name).is_file():
+        return DATA / name
+    pytest.fail("manual page %s not found in data/" % name)
 
 
 def man_text(name):

@@ -1,0 +1,521 @@
+/* main.c — memcacheq-bench: options, connections, the measured window, the report. */
+#include "bench.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+
+BenchConfig cfg;
+_Atomic int g_phase;
+Conn **g_conns;
+unsigned g_nconns;
+
+#define DESCRIPTION \
+  "memcacheq-bench is a closed-loop load generator for message queues that speak\n" \
+  "the memcache text protocol (memcacheq) or Redis RESP (lists), in the manner\n" \
+  "of redis-benchmark or memtier_benchmark.  It opens --connections connections,\n" \
+  "spread over --threads threads that each drive their share with non-blocking\n" \
+  "sockets and epoll.  Every connection keeps --pipeline requests in flight\n" \
+  "(default 1) and sends the next one as soon as a reply arrives.  Connection i\n" \
+  "works on queue i modulo --queues.  With --mix=set it only appends (memcache\n" \
+  "\"set\", Redis RPUSH), with --mix=get it only takes (\"get\", LPOP), and with\n" \
+  "--mix=setget it alternates a set and a get on the same connection.  After\n" \
+  "--warmup seconds it measures for --duration seconds, or until --requests\n" \
+  "requests have completed, then prints the throughput, the latency percentiles\n" \
+  "p50, p99 and p99.9 (from a log-linear histogram with under 1% error), the\n" \
+  "number of errors and, given --pid, the CPU time the server process spent per\n" \
+  "operation, read from /proc/PID/stat before and after the window.\n" \
+  "\n" \
+  "Every message body is self-verifying: it carries a run tag, its queue, the\n" \
+  "connection that sent it, that connection's sequence number and a hash of\n" \
+  "these, and is filled to --size bytes with a pattern selected by the hash.\n" \
+  "Every message read back is checked for size, header, hash, filler, memcache\n" \
+  "flags, queue, and that it was really sent and is not delivered twice; with\n" \
+  "--cache (for memcached) each connection uses its own key and a get must\n" \
+  "return exactly the value that connection set last.  In setget mode an empty\n" \
+  "reply is a lost message.  Failed checks, error replies and dropped\n" \
+  "connections count as errors, never as operations, and make the exit status 1.\n" \
+  "\n" \
+  "Exit status: 0 when the run completed without errors, 1 when there were\n" \
+  "errors, 2 on bad usage or when the server cannot be reached."
+
+static gchar *opt_server = NULL;
+static gint opt_port = -1;
+static gchar *opt_unix = NULL;
+static gint opt_conns = 50;
+static gint opt_queues = 10;
+static gint64 opt_size = 100;
+static gchar *opt_mix = NULL;
+static gdouble opt_duration = -1;
+static gint64 opt_requests = 0;
+static gdouble opt_warmup = -1;
+static gint opt_pipeline = 1;
+static gchar *opt_protocol = NULL;
+static gint opt_pid = 0;
+static gint opt_threads = 0;
+static gboolean opt_json = FALSE;
+static gboolean opt_cache = FALSE;
+static gchar *opt_prefix = NULL;
+static gdouble opt_timeout = 10;
+static gboolean opt_quiet = FALSE;
+static gboolean opt_version = FALSE;
+
+static const GOptionEntry entries[] = {
+  { "server", 's', 0, G_OPTION_ARG_STRING, &opt_server, "server host name or address (default 127.0.0.1)", "HOST" },
+  { "port", 'p', 0, G_OPTION_ARG_INT, &opt_port, "TCP port (default 22201 for memcache, 6379 for redis)", "PORT" },
+  { "unix", 'u', 0, G_OPTION_ARG_FILENAME, &opt_unix, "connect to this unix stream socket instead of TCP", "PATH" },
+  { "connections", 'c', 0, G_OPTION_ARG_INT, &opt_conns, "connections (default 50)", "N" },
+  { "queues", 'q', 0, G_OPTION_ARG_INT, &opt_queues, "queues; connection i uses queue i mod N (default 10)", "N" },
+  { "size", 'd', 0, G_OPTION_ARG_INT64, &opt_size, "message size in bytes, at least 40 (default 100)", "BYTES" },
+  { "mix", 'm', 0, G_OPTION_ARG_STRING, &opt_mix, "set, get or setget: a set then a get on each connection (default setget)", "MIX" },
+  { "duration", 't', 0, G_OPTION_ARG_DOUBLE, &opt_duration, "seconds to measure (default 10)", "SECONDS" },
+  { "requests", 'n', 0, G_OPTION_ARG_INT64, &opt_requests, "measure this many requests in all instead of a duration", "N" },
+  { "warmup", 'w', 0, G_OPTION_ARG_DOUBLE, &opt_warmup, "seconds of load before measuring (default 1, or 0 with -n)", "SECONDS" },
+  { "pipeline", 'P', 0, G_OPTION_ARG_INT, &opt_pipeline, "requests in flight per connection (default 1)", "N" },
+  { "protocol", 'r', 0, G_OPTION_ARG_STRING, &opt_protocol, "memcache (set/get) or redis (RPUSH/LPOP) (default memcache)", "PROTO" },
+  { "pid", 0, 0, G_OPTION_ARG_INT, &opt_pid, "server process id: report its CPU time per operation", "PID" },
+  { "threads", 'T', 0, G_OPTION_ARG_INT, &opt_threads, "worker threads (default: one per CPU, at most one per connection)", "N" },
+  { "json", 'j', 0, G_OPTION_ARG_NONE, &opt_json, "print the result as one line of JSON", NULL },
+  { "cache", 0, 0, G_OPTION_ARG_NONE, &opt_cache, "the server is a cache (memcached): one key per connection, a get returns the last set", NULL },
+  { "key-prefix", 'k', 0, G_OPTION_ARG_STRING, &opt_prefix, "queue/key name prefix (default \"bench\")", "PREFIX" },
+  { "timeout", 0, 0, G_OPTION_ARG_DOUBLE, &opt_timeout, "seconds a connection may wait for a reply before it is dropped (default 10)", "SECONDS" },
+  { "quiet", 0, 0, G_OPTION_ARG_NONE, &opt_quiet, "do not print error details, only count them", NULL },
+  { "version", 'V', 0, G_OPTION_ARG_NONE, &opt_version, "print the version and exit", NULL },
+  { NULL }
+};
+
+static G_NORETURN void
+usage_error (const char *fmt, ...)
+{
+  va_list ap;
+  fputs ("memcacheq-bench: ", stderr);
+  va_start (ap, fmt);
+  vfprintf (stderr, fmt, ap);
+  va_end (ap);
+  fputs ("\n", stderr);
+  exit (2);
+}
+
+/* utime + stime of a process in µs, or -1. */
+static double
+proc_cpu_us (int pid)
+{
+  char path[64], buf[2048];
+  snprintf (path, sizeof path, "/proc/%d/stat", pid);
+  FILE *f = fopen (path, "r");
+  if (!f)
+    return -1;
+  size_t n = fread (buf, 1, sizeof buf - 1, f);
+  fclose (f);
+  buf[n] = '\0';
+  char *p = strrchr (buf, ')');
+  if (!p)
+    return -1;
+  p++;
+  unsigned long long ut = 0, st = 0;
+  /* After the command: state ppid pgrp session tty_nr tpgid flags minflt
+   * cminflt majflt cmajflt utime stime */
+  if (sscanf (p, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    return -1;
+  long hz = sysconf (_SC_CLK_TCK);
+  return (double) (ut + st) * 1e6 / (double) (hz > 0 ? hz : 100);
+}
+
+static double
+self_cpu_us (void)
+{
+  struct rusage ru;
+  getrusage (RUSAGE_SELF, &ru);
+  return (double) ru.ru_utime.tv_sec * 1e6 + (double) ru.ru_utime.tv_usec
+         + (double) ru.ru_stime.tv_sec * 1e6 + (double) ru.ru_stime.tv_usec;
+}
+
+static void
+sleep_s (double s)
+{
+  struct timespec ts = { (time_t) s, (long) ((s - (double) (time_t) s) * 1e9) };
+  while (nanosleep (&ts, &ts) < 0 && errno == EINTR)
+    ;
+}
+
+static int
+connect_one (const struct sockaddr *sa, socklen_t salen, int family, char *err, size_t errlen)
+{
+  int fd = socket (family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    {
+      snprintf (err, errlen, "socket: %s", strerror (errno));
+      return -1;
+    }
+  if (connect (fd, sa, salen) < 0)
+    {
+      snprintf (err, errlen, "%s", strerror (errno));
+      close (fd);
+      return -1;
+    }
+  if (family != AF_UNIX)
+    {
+      int one = 1;
+      setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+  fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) | O_NONBLOCK);
+  return fd;
+}
+
+static void
+json_str (GString *out, const char *s)
+{
+  g_string_append_c (out, '"');
+  for (; *s; s++)
+    {
+      unsigned char ch = (unsigned char) *s;
+      if (ch == '"' || ch == '\\')
+        g_string_append_printf (out, "\\%c", ch);
+      else if (ch < 0x20)
+        g_string_append_printf (out, "\\u%04x", ch);
+      else
+        g_string_append_c (out, (char) ch);
+    }
+  g_string_append_c (out, '"');
+}
+
+int
+main (int argc, char **argv)
+{
+  g_autoptr (GError) error = NULL;
+  GOptionContext *ctx = g_option_context_new ("- load generator and verifier for memcacheq");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  g_option_context_set_summary (ctx,
+      "Measure a message queue server: ops/s, latency percentiles, errors and\n"
+      "server CPU per operation, verifying every message read back.");
+  g_option_context_set_description (ctx, DESCRIPTION);
+  if (!g_option_context_parse (ctx, &argc, &argv, &error))
+    usage_error ("%s (see --help)", error->message);
+  g_option_context_free (ctx);
+  if (opt_version)
+    {
+      printf ("memcacheq-bench %s\n", MCQ_VERSION);
+      return 0;
+    }
+  if (argc > 1)
+    usage_error ("unexpected argument \"%s\" (see --help)", argv[1]);
+
+  /* ---- validate ---- */
+  if (!opt_protocol || strcmp (opt_protocol, "memcache") == 0)
+    cfg.protocol = PROTO_MEMCACHE;
+  else if (strcmp (opt_protocol, "redis") == 0)
+    cfg.protocol = PROTO_REDIS;
+  else
+    usage_error ("--protocol: \"%s\": expected memcache or redis", opt_protocol);
+  if (!opt_mix || strcmp (opt_mix, "setget") == 0)
+    cfg.mix = MIX_SETGET;
+  else if (strcmp (opt_mix, "set") == 0)
+    cfg.mix = MIX_SET;
+  else if (strcmp (opt_mix, "get") == 0)
+    cfg.mix = MIX_GET;
+  else
+    usage_error ("--mix: \"%s\": expected set, get or setget", opt_mix);
+  if (opt_conns < 1 || (guint) opt_conns >= MSG_MAX_PRODUCERS)
+    usage_error ("--connections: %d: expected 1 to %u", opt_conns, MSG_MAX_PRODUCERS - 1);
+  if (opt_queues < 1 || (guint) opt_queues > MSG_MAX_QUEUES)
+    usage_error ("--queues: %d: expected 1 to %u", opt_queues, MSG_MAX_QUEUES);
+  if (opt_size < MSG_MIN_SIZE || opt_size > 256 * 1024 * 1024)
+    usage_error ("--size: %" G_GINT64_FORMAT ": expected %d to %d bytes", opt_size, MSG_MIN_SIZE, 256 * 1024 * 1024);
+  if (opt_pipeline < 1 || opt_pipeline > 4096)
+    usage_error ("--pipeline: %d: expected 1 to 4096", opt_pipeline);
+  if (opt_requests < 0)
+    usage_error ("--requests: %" G_GINT64_FORMAT ": expected a positive count", opt_requests);
+  if (opt_requests > 0 && opt_duration >= 0)
+    usage_error ("--duration and --requests exclude each other");
+  if (opt_requests == 0 && opt_duration < 0)
+    opt_duration = 10;
+  if (opt_requests == 0 && !(opt_duration > 0 && opt_duration < 1e7))
+    usage_error ("--duration: %g: expected a positive number of seconds", opt_duration);
+  if (opt_warmup < 0)
+    opt_warmup = opt_requests > 0 ? 0 : 1;
+  if (!(opt_warmup < 1e7))
+    usage_error ("--warmup: %g: expected seconds", opt_warmup);
+  if (!(opt_timeout > 0 && opt_timeout < 1e7))
+    usage_error ("--timeout: %g: expected a positive number of seconds", opt_timeout);
+  if (opt_threads < 0 || opt_threads > 1024)
+    usage_error ("--threads: %d: expected 1 to 1024", opt_threads);
+  if (opt_pid < 0 || (opt_pid > 0 && proc_cpu_us (opt_pid) < 0))
+    usage_error ("--pid: %d: no such process (cannot read /proc/%d/stat)", opt_pid, opt_pid);
+  if (opt_cache && cfg.protocol != PROTO_MEMCACHE)
+    usage_error ("--cache needs --protocol=memcache");
+  cfg.prefix = opt_prefix ? opt_prefix : "bench";
+  if (strlen (cfg.prefix) > 200 || strpbrk (cfg.prefix, " \r\n\t"))
+    usage_error ("--key-prefix: at most 200 characters and no white space");
+  if (opt_unix && (opt_server || opt_port >= 0))
+    usage_error ("--unix excludes --server and --port");
+  if (opt_port > 65535 || opt_port == 0)
+    usage_error ("--port: %d: expected 1 to 65535", opt_port);
+
+  cfg.conns = (unsigned) opt_conns;
+  cfg.queues = (unsigned) opt_queues;
+  cfg.size = (size_t) opt_size;
+  cfg.pipeline = (unsigned) opt_pipeline;
+  cfg.requests = (uint64_t) opt_requests;
+  cfg.timeout = opt_timeout;
+  cfg.cache = opt_cache;
+  cfg.max_reports = opt_quiet ? 0 : 10;
+  long ncpu = sysconf (_SC_NPROCESSORS_ONLN);
+  cfg.threads = opt_threads > 0 ? (unsigned) opt_threads : (unsigned) (ncpu > 0 ? ncpu : 1);
+  if (cfg.threads > cfg.conns)
+    cfg.threads = cfg.conns;
+  if (getrandom (&cfg.tag, sizeof cfg.tag, 0) != sizeof cfg.tag)
+    cfg.tag = (uint32_t) (now_ns () ^ ((uint64_t) getpid () << 16));
+  signal (SIGPIPE, SIG_IGN);
+  msg_init (cfg.size);
+
+  /* ---- address ---- */
+  struct sockaddr_storage ss;
+  socklen_t sslen;
+  int family;
+  char target[600];
+  int port = opt_port > 0 ? opt_port : (cfg.protocol == PROTO_REDIS ? 6379 : 22201);
+  if (opt_unix)
+    {
+      struct sockaddr_un *sun = (struct sockaddr_un *) &ss;
+      memset (sun, 0, sizeof *sun);
+      if (strlen (opt_unix) >= sizeof sun->sun_path)
+        usage_error ("--unix: path too long");
+      sun->sun_family = AF_UNIX;
+      strcpy (sun->sun_path, opt_unix);
+      sslen = sizeof *sun;
+      family = AF_UNIX;
+      snprintf (target, sizeof target, "unix:%s", opt_unix);
+    }
+  else
+    {
+      const char *host = opt_server ? opt_server : "127.0.0.1";
+      struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+      char portstr[16];
+      snprintf (portstr, sizeof portstr, "%d", port);
+      int rc = getaddrinfo (host, portstr, &hints, &ai);
+      if (rc != 0 || !ai)
+        usage_error ("%s: %s", host, gai_strerror (rc));
+      memcpy (&ss, ai->ai_addr, ai->ai_addrlen);
+      sslen = ai->ai_addrlen;
+      family = ai->ai_family;
+      freeaddrinfo (ai);
+      snprintf (target, sizeof target, "%s:%d", host, port);
+    }
+
+  /* ---- connections and workers ---- */
+  g_nconns = cfg.conns;
+  g_conns = calloc (cfg.conns, sizeof (Conn *));
+  Worker *workers = calloc (cfg.threads, sizeof (Worker));
+  if (!g_conns || !workers)
+    abort ();
+  for (unsigned t = 0; t < cfg.threads; t++)
+    {
+      workers[t].idx = t;
+      workers[t].ep = epoll_create1 (EPOLL_CLOEXEC);
+      workers[t].conns = calloc (cfg.conns / cfg.threads + 1, sizeof (Conn *));
+      if (workers[t].ep < 0 || !workers[t].conns)
+        abort ();
+    }
+  for (unsigned i = 0; i < cfg.conns; i++)
+    {
+      char err[256];
+      int fd = connect_one ((struct sockaddr *) &ss, sslen, family, err, sizeof err);
+      if (fd < 0)
+        {
+          fprintf (stderr, "memcacheq-bench: cannot connect to %s (connection %u): %s\n", target, i, err);
+          return 2;
+        }
+      Conn *c = conn_new (i, fd);
+      Worker *w = &workers[i % cfg.threads];
+      c->w = w;
+      if (cfg.requests)
+        c->quota = cfg.requests / cfg.conns + (i < cfg.requests % cfg.conns ? 1 : 0);
+      w->conns[w->nconns++] = c;
+      g_conns[i] = c;
+    }
+
+  /* ---- run ---- */
+  double srv0 = -1, srv1 = -1, self0 = 0, self1 = 0;
+  uint64_t t0 = 0, t1 = 0;
+  atomic_store (&g_phase, opt_warmup > 0 ? PHASE_WARMUP : PHASE_MEASURE);
+  if (opt_warmup <= 0)
+    {
+      srv0 = opt_pid ? proc_cpu_us (opt_pid) : -1;
+      self0 = self_cpu_us ();
+      t0 = now_ns ();
+    }
+  for (unsigned t = 0; t < cfg.threads; t++)
+    if (pthread_create (&workers[t].thread, NULL, worker_main, &workers[t]) != 0)
+      {
+        perror ("memcacheq-bench: pthread_create");
+        return 2;
+      }
+  if (opt_warmup > 0)
+    {
+      sleep_s (opt_warmup);
+      srv0 = opt_pid ? proc_cpu_us (opt_pid) : -1;
+      self0 = self_cpu_us ();
+      t0 = now_ns ();
+      atomic_store_explicit (&g_phase, PHASE_MEASURE, memory_order_release);
+    }
+  if (!cfg.requests)
+    {
+      uint64_t end = t0 + (uint64_t) (opt_duration * 1e9);
+      for (;;)
+        {
+          uint64_t now = now_ns ();
+          if (now >= end)
+            break;
+          bool all_exited = true;
+          for (unsigned t = 0; t < cfg.threads; t++)
+            if (!atomic_load (&workers[t].exited))
+              all_exited = false;
+          if (all_exited)
+            break;
+          double left = (double) (end - now) / 1e9;
+          sleep_s (left < 0.02 ? left : 0.02);
+        }
+      t1 = now_ns ();
+      atomic_store_explicit (&g_phase, PHASE_DONE, memory_order_release);
+      srv1 = opt_pid ? proc_cpu_us (opt_pid) : -1;
+      self1 = self_cpu_us ();
+      for (unsigned t = 0; t < cfg.threads; t++)
+        pthread_join (workers[t].thread, NULL);
+    }
+  else
+    {
+      for (unsigned t = 0; t < cfg.threads; t++)
+        pthread_join (workers[t].thread, NULL);
+      t1 = t0;
+      for (unsigned t = 0; t < cfg.threads; t++)
+        if (workers[t].finish_ns > t1)
+          t1 = workers[t].finish_ns;
+      srv1 = opt_pid ? proc_cpu_us (opt_pid) : -1;
+      self1 = self_cpu_us ();
+      atomic_store_explicit (&g_phase, PHASE_DONE, memory_order_release);
+    }
+
+  /* ---- report ---- */
+  Hist *hist = calloc (1, sizeof (Hist));
+  uint64_t ops = 0, sets = 0, gets = 0, hits = 0, misses = 0, foreign = 0, errors = 0, lost = 0;
+  for (unsigned t = 0; t < cfg.threads; t++)
+    {
+      Worker *w = &workers[t];
+      hist_merge (hist, &w->hist);
+      ops += w->ops;
+      sets += w->sets;
+      gets += w->gets;
+      hits += w->hits;
+      misses += w->misses;
+      foreign += w->foreign;
+      errors += w->errors;
+      lost += w->conns_lost;
+    }
+  double secs = (double) (t1 - t0) / 1e9;
+  double rate = secs > 0 ? (double) ops / secs : 0;
+  double srv_us_op = (opt_pid && srv0 >= 0 && srv1 >= 0 && ops) ? (srv1 - srv0) / (double) ops : -1;
+  double self_us_op = ops ? (self1 - self0) / (double) ops : -1;
+  double self_util = secs > 0 ? (self1 - self0) / 1e6 / secs / cfg.threads : 0;
+  double p50 = hist_quantile (hist, 0.50) / 1e3, p99 = hist_quantile (hist, 0.99) / 1e3;
+  double p999 = hist_quantile (hist, 0.999) / 1e3, pmax = (double) hist->max / 1e3;
+  double mean = hist_mean (hist) / 1e3;
+  static const char *mixes[] = { "set", "get", "setget" };
+  const char *proto = cfg.protocol == PROTO_REDIS ? "redis" : "memcache";
+
+  if (opt_json)
+    {
+      GString *j = g_string_new ("{");
+      g_string_append (j, "\"target\":");
+      json_str (j, target);
+      g_string_append_printf (j, ",\"protocol\":\"%s\",\"mix\":\"%s\",\"connections\":%u,\"threads\":%u,"
+                              "\"queues\":%u,\"size\":%zu,\"pipeline\":%u,\"cache\":%s,\"warmup_s\":%.3f,"
+                              "\"seconds\":%.6f,\"ops\":%" G_GUINT64_FORMAT ",\"ops_per_sec\":%.1f,"
+                              "\"sets\":%" G_GUINT64_FORMAT ",\"gets\":%" G_GUINT64_FORMAT
+                              ",\"hits\":%" G_GUINT64_FORMAT ",\"misses\":%" G_GUINT64_FORMAT
+                              ",\"foreign\":%" G_GUINT64_FORMAT ",\"errors\":%" G_GUINT64_FORMAT
+                              ",\"connections_lost\":%" G_GUINT64_FORMAT
+                              ",\"mean_us\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"max_us\":%.2f",
+                              proto, mixes[cfg.mix], cfg.conns, cfg.threads, cfg.queues, cfg.size, cfg.pipeline,
+                              cfg.cache ? "true" : "false", opt_warmup, secs, ops, rate, sets, gets, hits,
+                              misses, foreign, errors, lost, mean, p50, p99, p999, pmax);
+      if (opt_pid)
+        g_string_append_printf (j, ",\"pid\":%d", opt_pid);
+      if (srv_us_op >= 0)
+        g_string_append_printf (j, ",\"server_cpu_us_per_op\":%.3f,\"server_cpu_s\":%.3f",
+                                srv_us_op, (srv1 - srv0) / 1e6);
+      else
+        g_string_append (j, ",\"server_cpu_us_per_op\":null");
+      g_string_append_printf (j, ",\"bench_cpu_us_per_op\":%.3f,\"bench_cpu_util\":%.3f}",
+                              self_us_op, self_util);
+      puts (j->str);
+      g_string_free (j, TRUE);
+    }
+  else
+    {
+      printf ("memcacheq-bench %s: %s %s, %u connection(s), %u thread(s), %u queue(s), %zu-byte messages, mix %s, pipeline %u%s\n",
+              MCQ_VERSION, proto, target, cfg.conns, cfg.threads, cfg.queues, cfg.size, mixes[cfg.mix],
+              cfg.pipeline, cfg.cache ? ", cache semantics" : "");
+      printf ("  measured     %.3f s after %.1f s of warm-up\n", secs, opt_warmup);
+      printf ("  throughput   %.0f ops/s (%" G_GUINT64_FORMAT " ops: %" G_GUINT64_FORMAT " sets, %"
+              G_GUINT64_FORMAT " gets: %" G_GUINT64_FORMAT " hits, %" G_GUINT64_FORMAT " empty)\n",
+              rate, ops, sets, gets, hits, misses);
+      if (foreign)
+        printf ("  foreign      %" G_GUINT64_FORMAT " messages of other runs read (well formed)\n", foreign);
+      printf ("  latency      p50 %.1f µs   p99 %.1f µs   p99.9 %.1f µs   max %.1f µs   mean %.1f µs\n",
+              p50, p99, p999, pmax, mean);
+      printf ("  errors       %" G_GUINT64_FORMAT, errors);
+      if (lost)
+        printf (" (%" G_GUINT64_FORMAT " connection(s) dropped)", lost);
+      printf ("\n");
+      if (opt_pid)
+        {
+          if (srv_us_op >= 0)
+            printf ("  server CPU   %.2f µs/op (pid %d: %.2f s user+system)\n", srv_us_op, opt_pid,
+                    (srv1 - srv0) / 1e6);
+          else
+            printf ("  server CPU   unknown (pid %d)\n", opt_pid);
+        }
+      printf ("  bench CPU    %.2f µs/op (%.0f%% of %u thread(s))\n", self_us_op, self_util * 100, cfg.threads);
+      if (self_util > 0.9)
+        printf ("  note: the bench's threads were busy %.0f%% of the time: it may be the bottleneck\n",
+                self_util * 100);
+    }
+  fflush (stdout);
+  if (errors && !opt_json)
+    fprintf (stderr, "memcacheq-bench: %" G_GUINT64_FORMAT " error(s)\n", errors);
+
+  for (unsigned i = 0; i < cfg.conns; i++)
+    conn_free (g_conns[i]);
+  for (unsigned t = 0; t < cfg.threads; t++)
+    {
+      close (workers[t].ep);
+      free (workers[t].conns);
+    }
+  free (workers);
+  free (g_conns);
+  free (hist);
+  msg_free ();
+  g_free (opt_server);
+  g_free (opt_unix);
+  g_free (opt_mix);
+  g_free (opt_protocol);
+  g_free (opt_prefix);
+  return errors ? 1 : 0;
+}
