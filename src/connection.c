@@ -34,6 +34,7 @@ typedef struct _Slot Slot;
 struct _McqConnection {
   GSource source;
   gpointer tag;
+  GIOCondition want;            /* events currently asked of the main loop */
   McqServer *server;
   int fd;
   int refs;                     /* the socket, plus one per op in the store */
@@ -256,7 +257,7 @@ reply_failure (Slot *s)
     out_printf (slot_reply (s), "SERVER_ERROR out of disk space: %s\r\n", line);
   else
     out_printf (slot_reply (s), "SERVER_ERROR %s\r\n", line);
-  g_warning ("request failed: %s", msg);
+  g_warning (_("request failed: %s"), msg);
 }
 
 static void
@@ -552,7 +553,7 @@ process_bytes (McqConnection *c, const char *buf, size_t len)
           break;
         case MCQ_PARSE_FATAL:
           immediate (c, r.error);
-          g_info ("closing a connection: %.*s", (int) strlen (r.error) - 2, r.error);
+          g_info (_("closing a connection: %.*s"), (int) strlen (r.error) - 2, r.error);
           c->read_closed = TRUE;
           break;
         default:
@@ -667,7 +668,7 @@ conn_update (McqConnection *c)
     }
   if (out_pending (c) > MAX ((guint64) OUT_LIMIT_MIN, 2 * c->server->max_body + 65536))
     {
-      g_info ("cutting off a client that does not read its replies (%zu bytes unsent)",
+      g_info (_("cutting off a client that does not read its replies (%zu bytes unsent)"),
               out_pending (c));
       conn_close (c);
       return;
@@ -677,7 +678,14 @@ conn_update (McqConnection *c)
     want |= G_IO_IN;
   if (out_pending (c) > 0)
     want |= G_IO_OUT;
-  g_source_modify_unix_fd (&c->source, c->tag, want);
+  /* g_source_modify_unix_fd wakes the whole main context up (a write to
+   * its eventfd and an extra loop iteration), so only call it when the
+   * interest really changes, not once per request. */
+  if (want != c->want)
+    {
+      c->want = want;
+      g_source_modify_unix_fd (&c->source, c->tag, want);
+    }
 }
 
 static gboolean
@@ -720,7 +728,7 @@ sweep (gpointer data)
       McqConnection *c = l->data;
       if (out_pending (c) > 0 && now - c->last_write > WRITE_STALL_S * G_USEC_PER_SEC)
         {
-          g_info ("cutting off a client that has read nothing for %d s", WRITE_STALL_S);
+          g_info (_("cutting off a client that has read nothing for %d s"), WRITE_STALL_S);
           conn_close (c);
         }
     }
@@ -741,8 +749,14 @@ mcq_connection_new (McqServer *srv, int fd)
   if (sweep_source == 0)
     sweep_source = g_timeout_add_seconds (SWEEP_INTERVAL_S, sweep, srv);
   g_queue_init (&c->slots);
-  c->tag = g_source_add_unix_fd (source, fd, G_IO_IN);
+  c->want = G_IO_IN;
+  c->tag = g_source_add_unix_fd (source, fd, c->want);
   g_source_set_name (source, "mcq-connection");
+  /* GLib "blocks" a non-recursive source while dispatching it, removing
+   * and re-adding its fd, and each of those wakes the context up (two
+   * eventfd writes and an extra iteration per dispatch).  The dispatch
+   * never runs the loop itself, so recursion cannot happen: opt out. */
+  g_source_set_can_recurse (source, TRUE);
   g_source_attach (source, NULL);
 
   srv->curr_conns++;

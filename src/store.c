@@ -28,9 +28,12 @@
  * Commits inside a batch are DB_TXN_NOSYNC (they stay in the log buffer);
  * the batch's last commit is DB_TXN_WRITE_NOSYNC, so one write() hands the
  * whole batch to the kernel before any reply leaves.  From then on a kill -9
- * of the daemon loses nothing, in either mode.  In durable mode a single
- * DB_ENV->log_flush then fsyncs the batch before any STORED is released:
- * one fsync covers every connection's commits (group commit).
+ * of the daemon loses nothing, in either mode.  In durable mode the batch
+ * then goes to the sync thread, where a single DB_ENV->log_flush fsyncs it
+ * (and any other batch waiting) before its STOREDs are released: one fsync
+ * covers every connection's commits (group commit), and the store thread
+ * runs the next batch while the disk syncs.  Inside a batch, consecutive
+ * sets and gets share one transaction (see "segments" below).
  *
  * Replies to gets are released after the write but before the fsync.  A get
  * that has been answered must not be answered again, and a dequeue that has
@@ -46,6 +49,7 @@
 #define MSG_HEADER_SIZE 12
 #define BATCH_MAX 1024
 #define PURGE_CHUNK 512
+#define CHECKPOINT_LOG_KB (16 * 1024)
 
 typedef struct {
   char *name;
@@ -54,7 +58,20 @@ typedef struct {
   guint64 enqueued, dequeued;
   guint64 bytes;
   gint64 head_time;            /* enqueue time of the head message, 0 if empty */
+  guint seg_epoch;             /* == McqStore.seg_epoch once touched by the segment */
 } Queue;
+
+typedef struct {
+  Queue *q;
+  Queue saved;
+  gboolean created;
+} Undo;
+
+typedef struct {
+  struct _McqStore *store;
+  struct _McqOp *first;
+  gboolean changed;
+} Completion;
 
 struct _McqStore {
   McqStoreConfig cfg;
@@ -66,11 +83,22 @@ struct _McqStore {
   GHashTable *queues;          /* store thread only: name -> Queue* */
   guint32 next_id;
   gboolean purge_pending;
-  u_int32_t commit_flags;      /* store thread: flags for the next commit */
+  u_int32_t commit_flags;      /* store thread: flags for a solo op's commit */
+  DB_TXN *seg_txn;             /* store thread: the open segment */
+  GArray *seg_undo;            /* Undo, one per queue the segment touched */
+  guint seg_epoch;
+  guint32 seg_next_id;
+  guint64 seg_depth;
 
-  GAsyncQueue *inbox;
+  GAsyncQueue *inbox;          /* chains of ops (linked by McqOp.chain) */
+  McqOp *outbox, **outbox_tail;/* main thread: submitted, not yet handed over */
+  GSource *flusher;
+  McqOp *chain;                /* store thread: rest of the chain being taken */
   GThread *thread;
   McqOp stop_op;               /* sentinel */
+  GAsyncQueue *sync_inbox;     /* Completion* waiting for an fsync */
+  GThread *sync;
+  Completion sync_stop;        /* sentinel */
 
   GThread *maint_thread;
   GMutex maint_lock;
@@ -355,6 +383,8 @@ load_queues (McqStore *s, GError **error)
 }
 
 static gpointer store_thread (gpointer data);
+static gpointer sync_thread (gpointer data);
+static GSourceFuncs flusher_funcs;
 static gpointer maint_thread (gpointer data);
 
 McqStore *
@@ -404,6 +434,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
 
   s->queues = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, queue_free);
   s->dirty = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, NULL);
+  s->seg_undo = g_array_new (FALSE, FALSE, sizeof (Undo));
   s->published = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, queue_info_free);
   g_mutex_init (&s->pub_lock);
   if (!open_db (s, &s->queues_db, "queues.db", error) ||
@@ -427,8 +458,16 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
     }
 
   s->inbox = g_async_queue_new ();
+  s->outbox_tail = &s->outbox;
+  s->flusher = g_source_new (&flusher_funcs, sizeof (GSource) + sizeof (McqStore *));
+  *(McqStore **) (s->flusher + 1) = s;
+  g_source_set_name (s->flusher, "mcq-store-flusher");
+  g_source_set_priority (s->flusher, G_PRIORITY_HIGH);
+  g_source_attach (s->flusher, NULL);
   g_mutex_init (&s->maint_lock);
   g_cond_init (&s->maint_cond);
+  s->sync_inbox = g_async_queue_new ();
+  s->sync = g_thread_new ("mcq-sync", sync_thread, s);
   s->thread = g_thread_new ("mcq-store", store_thread, s);
   s->maint_thread = g_thread_new ("mcq-maint", maint_thread, s);
   return g_steal_pointer (&s);
@@ -505,12 +544,61 @@ mcq_op_set_body (McqOp *op, guint32 flags, const void *data, size_t len)
   op->flags = flags;
 }
 
+/* Ops submitted while the main loop dispatches are handed to the store
+ * thread together, once per loop iteration (from the flusher source's
+ * prepare), as one chain: one lock and at most one wake-up for however
+ * many requests the iteration produced. */
+static void
+hand_over (McqStore *s)
+{
+  if (s->outbox == NULL)
+    return;
+  g_async_queue_push (s->inbox, s->outbox);
+  s->outbox = NULL;
+  s->outbox_tail = &s->outbox;
+}
+
+static gboolean
+flusher_prepare (GSource *source, gint *timeout)
+{
+  McqStore *s = *(McqStore **) (source + 1);
+  hand_over (s);
+  *timeout = -1;
+  return FALSE;
+}
+
+static gboolean
+flusher_dispatch (GSource *source, GSourceFunc cb, gpointer data)
+{
+  return G_SOURCE_CONTINUE;
+}
+
+static GSourceFuncs flusher_funcs = {
+  .prepare = flusher_prepare,
+  .dispatch = flusher_dispatch,
+};
+
 void
 mcq_store_submit (McqStore *s, McqOp *op)
 {
   g_atomic_int_inc (&s->pending);
   op->status = MCQ_OP_OK;
-  g_async_queue_push (s->inbox, op);
+  op->chain = NULL;
+  *s->outbox_tail = op;
+  s->outbox_tail = &op->chain;
+}
+
+/* Store thread: the next op, from the chain being taken or the inbox. */
+static McqOp *
+take (McqStore *s, gboolean wait)
+{
+  McqOp *op = s->chain;
+
+  if (op == NULL)
+    op = wait ? g_async_queue_pop (s->inbox) : g_async_queue_try_pop (s->inbox);
+  if (op != NULL)
+    s->chain = op->chain;
+  return op;
 }
 
 guint
@@ -555,6 +643,17 @@ commit (McqStore *s, DB_TXN *txn, GError **error)
   return TRUE;
 }
 
+/* ---- segments ---------------------------------------------------------------
+ *
+ * Consecutive sets and gets of a batch run in ONE transaction (a segment):
+ * each queue touched has its record written once per segment instead of
+ * once per message, and the transaction overhead is paid once.  The
+ * in-memory queues change as the ops run; the state each had before the
+ * segment is kept in seg_undo so that a failed segment is rolled back
+ * entirely, after which its ops are run again one per transaction so that
+ * one bad op (say, out of disk space) fails alone.
+ */
+
 static gboolean
 begin (McqStore *s, DB_TXN **txn, GError **error)
 {
@@ -564,170 +663,235 @@ begin (McqStore *s, DB_TXN **txn, GError **error)
   return TRUE;
 }
 
+static gboolean
+seg_begin (McqStore *s, GError **error)
+{
+  s->seg_epoch++;
+  g_array_set_size (s->seg_undo, 0);
+  s->seg_next_id = s->next_id;
+  s->seg_depth = s->depth;
+  return begin (s, &s->seg_txn, error);
+}
+
+/* Records q's state before its first change in this segment. */
+static Queue *
+seg_touch (McqStore *s, Queue *q)
+{
+  if (q->seg_epoch != s->seg_epoch)
+    {
+      Undo u = { q, *q, FALSE };
+      q->seg_epoch = s->seg_epoch;
+      g_array_append_val (s->seg_undo, u);
+    }
+  return q;
+}
+
+static Queue *
+seg_create (McqStore *s, const char *name)
+{
+  Queue *q = g_new0 (Queue, 1);
+  Undo u = { q, { 0 }, TRUE };
+
+  q->name = g_strdup (name);
+  q->id = s->next_id++;
+  q->seg_epoch = s->seg_epoch;
+  g_hash_table_insert (s->queues, q->name, q);
+  g_array_append_val (s->seg_undo, u);
+  return q;
+}
+
 static void
-run_set (McqStore *s, McqOp *op)
+seg_rollback (McqStore *s)
+{
+  /* Newest first, so a queue created and then changed ends up removed. */
+  for (guint i = s->seg_undo->len; i-- > 0;)
+    {
+      Undo *u = &g_array_index (s->seg_undo, Undo, i);
+      if (u->created)
+        g_hash_table_remove (s->queues, u->q->name);
+      else
+        {
+          char *name = u->q->name;
+          *u->q = u->saved;
+          u->q->name = name;
+        }
+    }
+  g_array_set_size (s->seg_undo, 0);
+  s->next_id = s->seg_next_id;
+  s->depth = s->seg_depth;
+}
+
+static void
+seg_abort (McqStore *s)
+{
+  s->seg_txn->abort (s->seg_txn);
+  s->seg_txn = NULL;
+  seg_rollback (s);
+}
+
+/* Writes the record of every queue the segment touched and commits. */
+static gboolean
+seg_commit (McqStore *s, u_int32_t flags, GError **error)
+{
+  int ret;
+
+  for (guint i = 0; i < s->seg_undo->len; i++)
+    {
+      Queue *q = g_array_index (s->seg_undo, Undo, i).q;
+      if (!write_queue (s, s->seg_txn, q, error))
+        {
+          seg_abort (s);
+          return FALSE;
+        }
+    }
+  ret = s->seg_txn->commit (s->seg_txn, flags);
+  s->seg_txn = NULL;
+  if (ret != 0)
+    {
+      seg_rollback (s);
+      return db_fail (ret, error, "commit");
+    }
+  for (guint i = 0; i < s->seg_undo->len; i++)
+    mark_dirty (s, g_array_index (s->seg_undo, Undo, i).q->name);
+  g_array_set_size (s->seg_undo, 0);
+  return TRUE;
+}
+
+static gboolean
+seg_set (McqStore *s, McqOp *op)
 {
   size_t pos = 0;
   const char *name = mcq_op_next_key (op, &pos);
   Queue *q = g_hash_table_lookup (s->queues, name);
-  Queue next = { 0 };
   guint8 key[MSG_KEY_SIZE];
-  DB_TXN *txn = NULL;
+  gint64 now = g_get_real_time ();
   DBT k, v;
   int ret;
 
-  if (q != NULL)
-    next = *q;
-  else
-    {
-      next.name = (char *) name;
-      next.id = s->next_id;
-    }
+  q = q != NULL ? seg_touch (s, q) : seg_create (s, name);
 
   /* mcq_op_set_body left MSG_HEADER_SIZE bytes of room in front of the
    * body for the flags and time, so the record is written without another
    * copy. */
-  gint64 now = g_get_real_time ();
   put_be32 (op->body->data, op->flags);
   put_be64 (op->body->data + 4, (guint64) now);
-  encode_msg_key (next.id, next.tail, key);
+  encode_msg_key (q->id, q->tail, key);
   dbt_init (&k, key, sizeof key);
   dbt_init (&v, op->body->data, op->body->len);
+  if ((ret = s->messages_db->put (s->messages_db, s->seg_txn, &k, &v, 0)) != 0)
+    return db_fail (ret, &op->error, "storing the message");
 
-  if (!begin (s, &txn, &op->error))
-    goto fail;
-  if ((ret = s->messages_db->put (s->messages_db, txn, &k, &v, 0)) != 0)
-    {
-      db_fail (ret, &op->error, "storing the message");
-      goto abort;
-    }
-  if (next.head == next.tail)
-    next.head_time = now;
-  next.tail++;
-  next.enqueued++;
-  next.bytes += op->body->len - MSG_HEADER_SIZE;
-  if (!write_queue (s, txn, &next, &op->error))
-    goto abort;
-  if (!commit (s, txn, &op->error))
-    goto fail;
-
-  if (q == NULL)
-    {
-      q = g_new0 (Queue, 1);
-      *q = next;
-      q->name = g_strdup (name);
-      g_hash_table_insert (s->queues, q->name, q);
-      s->next_id++;
-    }
-  else
-    *q = next;
+  if (q->head == q->tail)
+    q->head_time = now;
+  q->tail++;
+  q->enqueued++;
+  q->bytes += op->body->len - MSG_HEADER_SIZE;
   s->depth++;
-  mark_dirty (s, name);
-  return;
-
-abort:
-  txn->abort (txn);
-fail:
-  op->status = MCQ_OP_FAILED;
+  return TRUE;
 }
 
-static void
-run_get (McqStore *s, McqOp *op)
+static gboolean
+seg_get (McqStore *s, McqOp *op)
 {
-  /* One transaction for all the keys of a multi-get.  Queue records are
-   * changed in working copies (one per distinct queue, so a queue named
-   * twice yields two messages) and copied back only once it commits. */
-  g_autofree Queue *work = g_new0 (Queue, op->nkeys);
-  g_autofree Queue **orig = g_new0 (Queue *, op->nkeys);
-  guint nwork = 0;
-  DB_TXN *txn = NULL;
   size_t pos = 0;
   const char *name;
-  guint i;
 
   if (op->messages == NULL)
     op->messages = g_array_new (FALSE, TRUE, sizeof (McqMessage));
   g_array_set_size (op->messages, op->nkeys);
 
-  if (!begin (s, &txn, &op->error))
-    goto fail;
-
-  for (i = 0; (name = mcq_op_next_key (op, &pos)) != NULL; i++)
+  for (guint i = 0; (name = mcq_op_next_key (op, &pos)) != NULL; i++)
     {
       Queue *q = g_hash_table_lookup (s->queues, name);
       McqMessage *m = &g_array_index (op->messages, McqMessage, i);
-      Queue *w = NULL;
       guint8 key[MSG_KEY_SIZE];
       DBT k, v;
       int ret;
 
-      if (q == NULL)
+      if (q == NULL || q->head == q->tail)
         continue;
-      for (guint j = 0; j < nwork && w == NULL; j++)
-        if (orig[j] == q)
-          w = &work[j];
-      if (w == NULL)
-        {
-          orig[nwork] = q;
-          work[nwork] = *q;
-          w = &work[nwork++];
-        }
-      if (w->head == w->tail)
-        continue;
-
-      encode_msg_key (w->id, w->head, key);
+      seg_touch (s, q);
+      encode_msg_key (q->id, q->head, key);
       dbt_init (&k, key, sizeof key);
       dbt_init (&v, NULL, 0);
       v.flags = DB_DBT_MALLOC;
-      ret = s->messages_db->get (s->messages_db, txn, &k, &v, 0);
+      ret = s->messages_db->get (s->messages_db, s->seg_txn, &k, &v, 0);
       if (ret == 0 && v.size < MSG_HEADER_SIZE)
         {
           free (v.data);
           ret = DB_NOTFOUND;
         }
       if (ret != 0)
-        {
-          db_fail (ret, &op->error, ret == DB_NOTFOUND ? "a message is missing from its queue"
-                                                       : "reading a message");
-          goto abort;
-        }
-      if ((ret = s->messages_db->del (s->messages_db, txn, &k, 0)) != 0)
+        return db_fail (ret, &op->error, ret == DB_NOTFOUND ? "a message is missing from its queue"
+                                                            : "reading a message");
+      if ((ret = s->messages_db->del (s->messages_db, s->seg_txn, &k, 0)) != 0)
         {
           free (v.data);
-          db_fail (ret, &op->error, "removing a message");
-          goto abort;
+          return db_fail (ret, &op->error, "removing a message");
         }
       m->flags = get_be32 (v.data);
-      m->seq = w->head;
+      m->seq = q->head;
       m->len = v.size - MSG_HEADER_SIZE;
       memmove (v.data, (guint8 *) v.data + MSG_HEADER_SIZE, m->len);
       m->data = v.data;
-      w->head++;
-      w->dequeued++;
-      w->bytes -= MIN (w->bytes, m->len);
+      q->head++;
+      q->dequeued++;
+      q->bytes -= MIN (q->bytes, m->len);
+      s->depth--;
       /* Seqs are contiguous, so the new head is (id, head): read just its
        * header to keep OldestMessageAge exact without a scan later. */
-      w->head_time = w->head == w->tail ? 0 : read_enqueue_time (s, txn, w->id, w->head);
-      if (!write_queue (s, txn, w, &op->error))
-        goto abort;
+      q->head_time = q->head == q->tail ? 0 : read_enqueue_time (s, s->seg_txn, q->id, q->head);
     }
+  return TRUE;
+}
 
-  if (!commit (s, txn, &op->error))
-    goto fail;
-  for (i = 0; i < nwork; i++)
+static void
+op_forget_results (McqOp *op)
+{
+  if (op->messages != NULL)
+    for (guint i = 0; i < op->messages->len; i++)
+      g_clear_pointer (&g_array_index (op->messages, McqMessage, i).data, free);
+}
+
+static gboolean
+seg_run (McqStore *s, McqOp *op)
+{
+  return op->type == MCQ_OP_SET ? seg_set (s, op) : seg_get (s, op);
+}
+
+/* Runs ops[0..n) (all sets and gets) as one transaction; on failure, each
+ * op again in its own, so only the op at fault fails.  Returns whether
+ * every commit was made with `flags` (else the log still needs writing). */
+static gboolean
+run_segment (McqStore *s, McqOp **ops, guint n, u_int32_t flags)
+{
+  g_autoptr(GError) error = NULL;
+  guint i;
+
+  if (seg_begin (s, &error))
     {
-      s->depth -= orig[i]->head != work[i].head ? work[i].head - orig[i]->head : 0;
-      *orig[i] = work[i];
-      mark_dirty (s, orig[i]->name);
+      for (i = 0; i < n && seg_run (s, ops[i]); i++)
+        ;
+      if (i == n && seg_commit (s, flags, &error))
+        return TRUE;
+      if (i < n)
+        seg_abort (s);
     }
-  return;
-
-abort:
-  txn->abort (txn);
-fail:
-  op->status = MCQ_OP_FAILED;
-  for (i = 0; i < op->messages->len; i++)
-    g_clear_pointer (&g_array_index (op->messages, McqMessage, i).data, free);
+  for (i = 0; i < n; i++)
+    {
+      op_forget_results (ops[i]);
+      g_clear_error (&ops[i]->error);
+    }
+  if (n == 1)
+    {
+      ops[0]->status = MCQ_OP_FAILED;
+      if (ops[0]->error == NULL)
+        ops[0]->error = g_steal_pointer (&error);
+      return FALSE;
+    }
+  for (i = 0; i < n; i++)
+    run_segment (s, &ops[i], 1, DB_TXN_NOSYNC);
+  return FALSE;
 }
 
 static void
@@ -900,12 +1064,6 @@ run_op (McqStore *s, McqOp *op)
 {
   switch (op->type)
     {
-    case MCQ_OP_SET:
-      run_set (s, op);
-      break;
-    case MCQ_OP_GET:
-      run_get (s, op);
-      break;
     case MCQ_OP_DELETE:
       run_delete (s, op);
       break;
@@ -925,11 +1083,6 @@ run_op (McqStore *s, McqOp *op)
     }
 }
 
-typedef struct {
-  McqStore *store;
-  McqOp *first;
-  gboolean changed;
-} Completion;
 
 static gboolean
 complete_batch (gpointer data)
@@ -989,21 +1142,28 @@ post (McqStore *s, McqOp *first, gboolean changed)
   g_main_context_invoke (NULL, complete_batch, c);
 }
 
+static gboolean
+op_in_segment (const McqOp *op)
+{
+  return op->type == MCQ_OP_SET || op->type == MCQ_OP_GET;
+}
+
 static gpointer
 store_thread (gpointer data)
 {
   McqStore *s = data;
+  McqOp **batch = g_new (McqOp *, BATCH_MAX);
   gboolean stopping = FALSE;
 
   while (!stopping)
     {
-      McqOp *op, *next, *early = NULL, *late = NULL, **early_tail = &early, **late_tail = &late;
+      McqOp *op, *early = NULL, *late = NULL, **early_tail = &early, **late_tail = &late;
       gboolean unwritten = FALSE, need_sync = FALSE;
-      guint n = 0;
+      guint n = 0, last_commit = 0, i;
 
       if (s->purge_pending)
         {
-          op = g_async_queue_try_pop (s->inbox);
+          op = take (s, FALSE);
           if (op == NULL)
             {
               purge_step (s);
@@ -1011,29 +1171,54 @@ store_thread (gpointer data)
             }
         }
       else
-        op = g_async_queue_pop (s->inbox);
+        op = take (s, TRUE);
 
       /* Everything that has queued up while the last batch was being
-       * written goes into this batch.  The next op is taken before the
-       * current one runs, so the last commit of the batch is known. */
-      for (; op != NULL; op = next)
+       * written goes into this batch. */
+      for (; op != NULL; op = n < BATCH_MAX ? take (s, FALSE) : NULL)
         {
           if (op == &s->stop_op)
             {
               stopping = TRUE;
               break;
             }
-          next = ++n < BATCH_MAX ? g_async_queue_try_pop (s->inbox) : NULL;
           if (op_commits (op))
+            last_commit = n + 1;
+          need_sync |= !s->cfg.no_sync && op_commits (op) && op->type != MCQ_OP_GET;
+          batch[n++] = op;
+        }
+
+      /* Runs of sets and gets become segments (one transaction each); the
+       * last commit of the batch writes the log to the kernel, so every
+       * reply below is released only after its commit has left the
+       * process. */
+      for (i = 0; i < n;)
+        {
+          if (op_in_segment (batch[i]))
             {
-              gboolean last = next == NULL || !op_commits (next);
-              s->commit_flags = last ? DB_TXN_WRITE_NOSYNC : DB_TXN_NOSYNC;
-              run_op (s, op);
-              unwritten = !last || op->status == MCQ_OP_FAILED;
-              need_sync |= !s->cfg.no_sync && op->type != MCQ_OP_GET;
+              guint j = i;
+              while (j < n && op_in_segment (batch[j]))
+                j++;
+              u_int32_t flags = j == last_commit ? DB_TXN_WRITE_NOSYNC : DB_TXN_NOSYNC;
+              if (!run_segment (s, batch + i, j - i, flags))
+                unwritten = TRUE;
+              else
+                unwritten = flags != DB_TXN_WRITE_NOSYNC;
+              i = j;
             }
           else
-            run_op (s, op);
+            {
+              s->commit_flags = DB_TXN_WRITE_NOSYNC;
+              run_op (s, batch[i]);
+              if (op_commits (batch[i]))
+                unwritten = batch[i]->status == MCQ_OP_FAILED;
+              i++;
+            }
+        }
+
+      for (i = 0; i < n; i++)
+        {
+          op = batch[i];
           op->next = NULL;
           if (op_released_early (s, op))
             {
@@ -1046,6 +1231,7 @@ store_thread (gpointer data)
               late_tail = &op->next;
             }
         }
+
       /* Normally the batch's last commit has written everything and the
        * gets can be answered now, before the sync.  If that commit failed,
        * earlier ones may still sit in the log buffer: flush first. */
@@ -1055,7 +1241,7 @@ store_thread (gpointer data)
           post (s, early, FALSE);
           early = NULL;
         }
-      if (unwritten || need_sync)
+      if (unwritten)
         {
           int ret = s->env->log_flush (s->env, NULL);
           if (ret != 0)
@@ -1064,9 +1250,65 @@ store_thread (gpointer data)
               fail_all (late, ret, "flushing the log");
               fail_all (early, ret, "writing the log");
             }
+          post (s, early, FALSE);
+          post (s, late, changed);
         }
-      post (s, early, FALSE);
-      post (s, late, changed);
+      else if (need_sync)
+        {
+          /* The sync thread fsyncs and releases these while this thread
+           * already runs the next batch. */
+          Completion *c = g_new (Completion, 1);
+          c->store = s;
+          c->first = late;
+          c->changed = changed;
+          g_async_queue_push (s->sync_inbox, c);
+        }
+      else
+        post (s, late, changed);
+    }
+  g_async_queue_push (s->sync_inbox, &s->sync_stop);
+  g_free (batch);
+  return NULL;
+}
+
+/* Group commit, pipelined: every batch that needs durability is queued
+ * here once written; one log_flush (fsync) covers all the batches waiting,
+ * and only then are their replies released.  Meanwhile the store thread
+ * goes on running transactions, so the disk's sync latency is not
+ * serialised with the work of the next batch. */
+static gpointer
+sync_thread (gpointer data)
+{
+  McqStore *s = data;
+  gboolean stopping = FALSE;
+
+  while (!stopping)
+    {
+      g_autoptr(GPtrArray) group = g_ptr_array_new ();
+      Completion *c = g_async_queue_pop (s->sync_inbox);
+      int ret;
+
+      for (; c != NULL; c = g_async_queue_try_pop (s->sync_inbox))
+        {
+          if (c == &s->sync_stop)
+            {
+              stopping = TRUE;
+              break;
+            }
+          g_ptr_array_add (group, c);
+        }
+      if (group->len == 0)
+        continue;
+      ret = s->env->log_flush (s->env, NULL);
+      if (ret != 0)
+        g_warning ("flushing the log: %s", db_strerror (ret));
+      for (guint i = 0; i < group->len; i++)
+        {
+          c = group->pdata[i];
+          if (ret != 0)
+            fail_all (c->first, ret, "flushing the log");
+          g_main_context_invoke (NULL, complete_batch, c);
+        }
     }
   return NULL;
 }
@@ -1084,11 +1326,8 @@ maint_thread (gpointer data)
   g_mutex_lock (&s->maint_lock);
   while (!s->maint_stop)
     {
-      gint64 deadline = MIN (next_ckp, next_trickle);
-      if (deadline == G_MAXINT64)
-        g_cond_wait (&s->maint_cond, &s->maint_lock);
-      else
-        g_cond_wait_until (&s->maint_cond, &s->maint_lock, deadline);
+      gint64 deadline = MIN (MIN (next_ckp, next_trickle), now + G_USEC_PER_SEC);
+      g_cond_wait_until (&s->maint_cond, &s->maint_lock, deadline);
       if (s->maint_stop)
         break;
       now = g_get_monotonic_time ();
@@ -1101,7 +1340,18 @@ maint_thread (gpointer data)
             g_debug ("trickle wrote %d pages", wrote);
           next_trickle = now + s->cfg.trickle_interval_s * G_USEC_PER_SEC;
         }
-      if (now >= next_ckp)
+      /* Besides the -C timer, checkpoint whenever CHECKPOINT_LOG_KB of log
+       * has accumulated: recovery after a crash replays the log written
+       * since the last checkpoint, so this bounds the restart time
+       * however fast messages arrive.  BDB skips the call when less log
+       * has been written. */
+      if (now < next_ckp)
+        {
+          int ret = s->env->txn_checkpoint (s->env, CHECKPOINT_LOG_KB, 0, 0);
+          if (ret != 0)
+            g_warning ("checkpoint: %s", db_strerror (ret));
+        }
+      else
         {
           g_autoptr(GError) err = NULL;
           if (!checkpoint (s, &err))
@@ -1123,8 +1373,11 @@ mcq_store_close (McqStore *s)
 
   if (s == NULL)
     return;
+  hand_over (s);
+  s->stop_op.chain = NULL;
   g_async_queue_push (s->inbox, &s->stop_op);
   g_thread_join (s->thread);
+  g_thread_join (s->sync);
 
   g_mutex_lock (&s->maint_lock);
   s->maint_stop = TRUE;
@@ -1144,10 +1397,14 @@ mcq_store_close (McqStore *s)
   s->messages_db->close (s->messages_db, 0);
   s->queues_db->close (s->queues_db, 0);
   s->env->close (s->env, 0);
+  g_source_destroy (s->flusher);
+  g_source_unref (s->flusher);
   g_async_queue_unref (s->inbox);
+  g_async_queue_unref (s->sync_inbox);
   g_hash_table_destroy (s->queues);
   g_hash_table_destroy (s->dirty);
   g_hash_table_destroy (s->published);
+  g_array_unref (s->seg_undo);
   g_mutex_clear (&s->pub_lock);
   g_mutex_clear (&s->maint_lock);
   g_cond_clear (&s->maint_cond);

@@ -71,6 +71,7 @@ struct _McqOp {
   GArray *queue_stats;         /* STATS_QUEUE: McqQueueStat sorted by name */
 
   McqOp *next;                 /* store-internal batch link */
+  McqOp *chain;                /* store-internal hand-over link */
 };
 
 /* Opens (creating and recovering as needed) the environment in cfg->home
@@ -78,7 +79,8 @@ struct _McqOp {
 McqStore *mcq_store_open (const McqStoreConfig *cfg, GError **error);
 
 /* Queues op; op->done runs later on the default main context.  The op
- * must stay alive until then. */
+ * must stay alive until then.  Main thread only: ops are handed to the
+ * store thread when the main loop next prepares to poll. */
 void mcq_store_submit (McqStore *store, McqOp *op);
 
 /* Ops submitted and not yet completed on the main context. */
