@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "i18n.h"
 #include "mcq-bus-generated.h"
 #include "protocol.h"
 
@@ -432,7 +433,7 @@ on_handle_delete_queue (McqBusDaemon *daemon, GDBusMethodInvocation *invocation,
                                              "or control characters", MCQ_KEY_MAX);
       return G_DBUS_METHOD_INVOCATION_HANDLED;
     }
-  g_info ("D-Bus: DeleteQueue “%s” from %s", name, g_dbus_method_invocation_get_sender (invocation));
+  g_info (_("D-Bus: DeleteQueue “%s” from %s"), name, g_dbus_method_invocation_get_sender (invocation));
   submit (data, invocation, MCQ_OP_DELETE, name);
   return G_DBUS_METHOD_INVOCATION_HANDLED;
 }
@@ -459,16 +460,17 @@ schedule_retry (McqDbus *d)
   d->retry_delay_s = MIN (d->retry_delay_s * 2, RETRY_MAX_S);
 }
 
-/* The first failure since the last success is a warning, the rest debug. */
+/* The first failure since the last success is a warning, the rest debug.
+ * what says what failed, "cannot connect to the system bus" (translated). */
 static void
 complain (McqDbus *d, const char *what, const GError *error)
 {
   if (!d->complained)
-    g_warning ("D-Bus: %s the %s bus: %s; memcache clients are served as usual, the "
-               "statistics are not on the bus (retrying in the background)",
-               what, d->bus_label, error->message);
+    g_warning (_("D-Bus: %s: %s; memcache clients are served as usual, the "
+                 "statistics are not on the bus (retrying in the background)"),
+               what, error->message);
   else
-    g_debug ("D-Bus: %s the %s bus: %s", what, d->bus_label, error->message);
+    g_debug ("D-Bus: %s: %s", what, error->message);
   d->complained = TRUE;
 }
 
@@ -494,9 +496,13 @@ on_closed (GDBusConnection *conn, gboolean remote_peer_vanished, GError *error, 
 {
   McqDbus *d = data;
 
-  g_warning ("D-Bus: lost the connection to the %s bus%s%s; memcache clients are served as "
-             "usual; reconnecting in the background", d->bus_label,
-             error ? ": " : "", error ? error->message : "");
+  /* TRANSLATORS: "the system bus" or "the session bus": the value of --dbus. */
+  if (error != NULL)
+    g_warning (_("D-Bus: lost the connection to the %s bus: %s; memcache clients are served "
+                 "as usual; reconnecting in the background"), d->bus_label, error->message);
+  else
+    g_warning (_("D-Bus: lost the connection to the %s bus; memcache clients are served as "
+                 "usual; reconnecting in the background"), d->bus_label);
   d->complained = TRUE;
   drop_connection (d);
   d->retry_delay_s = RETRY_MIN_S;
@@ -545,8 +551,8 @@ on_request_name (GObject *source, GAsyncResult *res, gpointer data)
   if (error != NULL)
     {
       g_dbus_error_strip_remote_error (error);
-      g_warning ("D-Bus: cannot own the name %s on the %s bus: %s; memcache clients are "
-                 "served as usual, the statistics are not on the bus", MCQ_DBUS_NAME,
+      g_warning (_("D-Bus: cannot own the name %s on the %s bus: %s; memcache clients are "
+                   "served as usual, the statistics are not on the bus"), MCQ_DBUS_NAME,
                  d->bus_label, error->message);
       return;
     }
@@ -555,14 +561,14 @@ on_request_name (GObject *source, GAsyncResult *res, gpointer data)
     {
       d->owned = TRUE;
       if (d->complained)
-        g_message ("D-Bus: %s is on the %s bus again", MCQ_DBUS_NAME, d->bus_label);
+        g_message (_("D-Bus: %s is on the %s bus again"), MCQ_DBUS_NAME, d->bus_label);
       else
-        g_info ("D-Bus: %s is on the %s bus", MCQ_DBUS_NAME, d->bus_label);
+        g_info (_("D-Bus: %s is on the %s bus"), MCQ_DBUS_NAME, d->bus_label);
       d->complained = FALSE;
     }
   else
-    g_warning ("D-Bus: the name %s is already taken on the %s bus (another memcacheq?); "
-               "this one's statistics are not on the bus", MCQ_DBUS_NAME, d->bus_label);
+    g_warning (_("D-Bus: the name %s is already taken on the %s bus (another memcacheq?); "
+                 "this one's statistics are not on the bus"), MCQ_DBUS_NAME, d->bus_label);
 }
 
 static void
@@ -586,7 +592,9 @@ on_connected (GObject *source, GAsyncResult *res, gpointer data)
     return;
   if (conn == NULL)
     {
-      complain (d, "cannot connect to", error);
+      /* TRANSLATORS: "the system bus" or "the session bus": the value of --dbus. */
+      g_autofree char *what = g_strdup_printf (_("cannot connect to the %s bus"), d->bus_label);
+      complain (d, what, error);
       schedule_retry (d);
       return;
     }
@@ -601,7 +609,9 @@ on_connected (GObject *source, GAsyncResult *res, gpointer data)
   if (!g_dbus_interface_skeleton_export (G_DBUS_INTERFACE_SKELETON (d->daemon), conn,
                                          MCQ_DBUS_PATH, &error))
     {
-      complain (d, "cannot export the daemon object on", error);
+      g_autofree char *what = g_strdup_printf (_("cannot export the daemon object on the %s bus"),
+                                               d->bus_label);
+      complain (d, what, error);
       drop_connection (d);
       schedule_retry (d);
       return;
@@ -619,7 +629,8 @@ connect_bus (McqDbus *d)
 
   if (address == NULL)
     {
-      complain (d, "cannot find", error);
+      g_autofree char *what = g_strdup_printf (_("cannot find the %s bus"), d->bus_label);
+      complain (d, what, error);
       schedule_retry (d);
       return;
     }

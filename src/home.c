@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "i18n.h"
+
 #define LOCK_NAME "memcacheq.lock"
 
 struct _McqHome {
@@ -20,6 +22,7 @@ struct _McqHome {
   int lock_fd;
 };
 
+/* "<what> <path>: <reason>"; what is already translated. */
 static gboolean
 fail_errno (GError **error, int err, const char *what, const char *path)
 {
@@ -38,30 +41,30 @@ mcq_home_acquire (const char *path, GError **error)
 
   if (g_mkdir_with_parents (path, 0750) != 0)
     {
-      fail_errno (error, errno, "cannot create the home directory", path);
+      fail_errno (error, errno, _("cannot create the home directory"), path);
       return NULL;
     }
   if (stat (path, &st) != 0)
     {
-      fail_errno (error, errno, "cannot use the home directory", path);
+      fail_errno (error, errno, _("cannot use the home directory"), path);
       return NULL;
     }
   if (!S_ISDIR (st.st_mode))
     {
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_DIRECTORY,
-                   "the home directory %s is not a directory", path);
+                   _("the home directory %s is not a directory"), path);
       return NULL;
     }
   if (access (path, W_OK | X_OK) != 0)
     {
-      fail_errno (error, errno, "cannot write to the home directory", path);
+      fail_errno (error, errno, _("cannot write to the home directory"), path);
       return NULL;
     }
 
   fd = open (lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
   if (fd < 0)
     {
-      fail_errno (error, errno, "cannot create the lock file", lock_path);
+      fail_errno (error, errno, _("cannot create the lock file"), lock_path);
       return NULL;
     }
   if (flock (fd, LOCK_EX | LOCK_NB) != 0)
@@ -70,9 +73,13 @@ mcq_home_acquire (const char *path, GError **error)
       ssize_t n = pread (fd, buf, sizeof buf - 1, 0);
       g_strstrip (buf);
       close (fd);
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_BUSY,
-                   "the home directory %s is already in use by another memcacheq%s%s%s",
-                   path, n > 0 ? " (pid " : "", n > 0 ? buf : "", n > 0 ? ")" : "");
+      if (n > 0)
+        g_set_error (error, G_IO_ERROR, G_IO_ERROR_BUSY,
+                     _("the home directory %s is already in use by another memcacheq (pid %s)"),
+                     path, buf);
+      else
+        g_set_error (error, G_IO_ERROR, G_IO_ERROR_BUSY,
+                     _("the home directory %s is already in use by another memcacheq"), path);
       return NULL;
     }
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "connection.h"
+#include "i18n.h"
 
 #define BACKLOG 1024
 #define ACCEPT_BATCH 64
@@ -88,7 +89,7 @@ mcq_listener_adopt_activated (McqListener *l, GError **error)
   if (n < 0)
     {
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED,
-                   "reading the sockets passed by the service manager: %s", g_strerror (-n));
+                   _("reading the sockets passed by the service manager: %s"), g_strerror (-n));
       return -1;
     }
   for (int i = 0; i < n; i++)
@@ -99,9 +100,9 @@ mcq_listener_adopt_activated (McqListener *l, GError **error)
       if (sd_is_socket (fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0)
         {
           g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_SUPPORTED,
-                       "socket %d (%s) passed by the service manager is not a listening "
-                       "stream socket; memcacheq serves TCP and unix stream sockets only (no UDP)",
-                       fd, names && names[i] ? names[i] : "unnamed");
+                       _("socket %d (%s) passed by the service manager is not a listening "
+                         "stream socket; memcacheq serves TCP and unix stream sockets only (no UDP)"),
+                       fd, names && names[i] ? names[i] : _("unnamed"));
           g_strfreev (names);
           return -1;
         }
@@ -135,7 +136,7 @@ mcq_listener_add_tcp (McqListener *l, const char *address, guint16 port, GError 
   if ((ret = getaddrinfo (address, portstr, &hints, &res)) != 0)
     {
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                   "-l/--listen: cannot resolve “%s”: %s", address ? address : "*", gai_strerror (ret));
+                   _("-l/--listen: cannot resolve “%s”: %s"), address ? address : "*", gai_strerror (ret));
       return FALSE;
     }
   for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next)
@@ -166,7 +167,7 @@ mcq_listener_add_tcp (McqListener *l, const char *address, guint16 port, GError 
   if (opened == 0)
     {
       g_set_error (error, G_IO_ERROR, g_io_error_from_errno (last_errno),
-                   "cannot listen on %s port %u: %s", address ? address : "*", port,
+                   _("cannot listen on %s port %u: %s"), address ? address : "*", port,
                    g_strerror (last_errno));
       return FALSE;
     }
@@ -183,7 +184,7 @@ mcq_listener_add_unix (McqListener *l, const char *path, guint mode, GError **er
   if (strlen (path) >= sizeof sa.sun_path)
     {
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
-                   "-s/--unix-socket: path “%s” is too long", path);
+                   _("-s/--unix-socket: path “%s” is too long"), path);
       return FALSE;
     }
   strcpy (sa.sun_path, path);
@@ -195,7 +196,7 @@ mcq_listener_add_unix (McqListener *l, const char *path, guint mode, GError **er
       if (!S_ISSOCK (st.st_mode))
         {
           g_set_error (error, G_IO_ERROR, G_IO_ERROR_EXISTS,
-                       "-s/--unix-socket: “%s” exists and is not a socket", path);
+                       _("-s/--unix-socket: “%s” exists and is not a socket"), path);
           return FALSE;
         }
       fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -203,7 +204,7 @@ mcq_listener_add_unix (McqListener *l, const char *path, guint mode, GError **er
         {
           close (fd);
           g_set_error (error, G_IO_ERROR, G_IO_ERROR_ADDRESS_IN_USE,
-                       "-s/--unix-socket: “%s” is in use by another server", path);
+                       _("-s/--unix-socket: “%s” is in use by another server"), path);
           return FALSE;
         }
       if (fd >= 0)
@@ -219,7 +220,7 @@ mcq_listener_add_unix (McqListener *l, const char *path, guint mode, GError **er
       if (fd >= 0)
         close (fd);
       g_set_error (error, G_IO_ERROR, g_io_error_from_errno (saved),
-                   "-s/--unix-socket: cannot listen on “%s”: %s", path, g_strerror (saved));
+                   _("-s/--unix-socket: cannot listen on “%s”: %s"), path, g_strerror (saved));
       return FALSE;
     }
   add_socket (l, fd, FALSE, path);
@@ -279,7 +280,7 @@ on_accept (int fd, GIOCondition cond, gpointer data)
             {
               /* Out of descriptors: stop accepting for a moment instead of
                * spinning on a socket that stays readable. */
-              g_warning ("cannot accept a connection: %s; pausing for 100 ms", g_strerror (errno));
+              g_warning (_("cannot accept a connection: %s; pausing for 100 ms"), g_strerror (errno));
               unwatch_all (l);
               if (l->pause_source == 0)
                 l->pause_source = g_timeout_add (100, resume_accepting, l);
@@ -289,7 +290,7 @@ on_accept (int fd, GIOCondition cond, gpointer data)
         }
       if (srv->curr_conns >= srv->max_conns)
         {
-          g_info ("refusing a connection: %u open (-c %u)", srv->curr_conns, srv->max_conns);
+          g_info (_("refusing a connection: %u open (-c %u)"), srv->curr_conns, srv->max_conns);
           mcq_connection_refuse (c, "SERVER_ERROR too many open connections\r\n");
           continue;
         }

@@ -25,16 +25,20 @@ wanted (GLogLevelFlags level)
 static const char *
 level_prefix (GLogLevelFlags level)
 {
+  /* TRANSLATORS: the level prefixes of the daemon's log lines on stderr,
+   * "memcacheq: warning: ...". */
+  const char *error = _("error: ");
+
   if (level & G_LOG_LEVEL_ERROR)
-    return "error: ";
+    return error;
   if (level & G_LOG_LEVEL_CRITICAL)
-    return "critical: ";
+    return _("critical: ");
   if (level & G_LOG_LEVEL_WARNING)
-    return "warning: ";
+    return _("warning: ");
   if (level & G_LOG_LEVEL_INFO)
-    return "info: ";
+    return _("info: ");
   if (level & G_LOG_LEVEL_DEBUG)
-    return "debug: ";
+    return _("debug: ");
   return "";
 }
 

@@ -4,5 +4,8 @@
 
 #include <glib.h>
 
+/* Log lines meant for operators are translated: g_warning (_("...")). */
+#include "i18n.h"
+
 void mcq_log_setup (int verbosity);
 void mcq_log_set_verbosity (int verbosity);

@@ -6,7 +6,6 @@
 #include <gio/gio.h>
 #include <glib-unix.h>
 #include <grp.h>
-#include <locale.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,6 +18,7 @@
 #include "connection.h"
 #include "dbus.h"
 #include "home.h"
+#include "i18n.h"
 #include "listener.h"
 #include "log.h"
 #include "options.h"
@@ -64,10 +64,12 @@ on_stop_signal (gpointer data)
 static char *
 status_line (McqServer *srv)
 {
-  return g_strdup_printf ("%" G_GUINT64_FORMAT " queues, %" G_GUINT64_FORMAT
-                          " messages, %u connections, %s",
-                          mcq_store_queue_count (srv->store), mcq_store_total_depth (srv->store),
-                          srv->curr_conns, srv->durable ? "durable" : "no-sync");
+  /* TRANSLATORS: the status line systemctl status shows: queue count,
+   * messages in all queues, open connections, then "durable" or "no-sync". */
+  return g_strdup_printf (_("%llu queues, %llu messages, %u connections, %s"),
+                          (unsigned long long) mcq_store_queue_count (srv->store),
+                          (unsigned long long) mcq_store_total_depth (srv->store),
+                          srv->curr_conns, srv->durable ? _("durable") : _("no-sync"));
 }
 
 static gboolean
@@ -85,14 +87,14 @@ drop_privileges (const char *user, GError **error)
 
   if (pw == NULL)
     {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "-u/--user: no such user “%s”", user);
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND, _("-u/--user: no such user “%s”"), user);
       return FALSE;
     }
   if (initgroups (pw->pw_name, pw->pw_gid) != 0 || setgid (pw->pw_gid) != 0 ||
       setuid (pw->pw_uid) != 0)
     {
       g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errno),
-                   "-u/--user: cannot switch to “%s”: %s", user, g_strerror (errno));
+                   _("-u/--user: cannot switch to “%s”: %s"), user, g_strerror (errno));
       return FALSE;
     }
   return TRUE;
@@ -153,7 +155,7 @@ write_pidfile (const char *path, GError **error)
 
   if (!g_file_set_contents (path, text, -1, &local))
     {
-      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, "-P/--pidfile: %s", local->message);
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED, _("-P/--pidfile: %s"), local->message);
       return FALSE;
     }
   return TRUE;
@@ -225,7 +227,7 @@ main (int argc, char **argv)
   Daemon d = { 0 };
   int activated, notify_fd = -1;
 
-  setlocale (LC_ALL, "");
+  mcq_i18n_init ();
   mcq_options_init (&opts);
   if (!mcq_options_parse (&opts, &argc, &argv, &error) || !mcq_options_check (&opts, &error))
     return fail (error->message);
@@ -252,7 +254,7 @@ main (int argc, char **argv)
         {
           rl.rlim_cur = rl.rlim_max;
           if (setrlimit (RLIMIT_CORE, &rl) != 0)
-            g_warning ("-r/--enable-coredumps: %s", g_strerror (errno));
+            g_warning (_("-r/--enable-coredumps: %s"), g_strerror (errno));
         }
     }
 
@@ -266,8 +268,8 @@ main (int argc, char **argv)
       }
     if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
         rl.rlim_cur < (rlim_t) opts.max_conns + 32)
-      g_warning ("-c/--max-conns %u is above the open file limit (%lu); connections past "
-                 "it will wait", opts.max_conns, (unsigned long) rl.rlim_cur);
+      g_warning (_("-c/--max-conns %u is above the open file limit (%lu); connections past "
+                   "it will wait"), opts.max_conns, (unsigned long) rl.rlim_cur);
   }
 
   /* Sockets first: a privileged port must be bound before dropping root. */
@@ -278,7 +280,8 @@ main (int argc, char **argv)
   if (activated > 0)
     {
       if (opts.port_given || opts.listen_addr || opts.unix_path)
-        g_info ("using the %d socket(s) passed by the service manager; -p/-l/-s are not used", activated);
+        g_info (_("using the %d socket(s) passed by the service manager; -p/-l/-s are not used"),
+                activated);
     }
   else
     {
@@ -289,7 +292,7 @@ main (int argc, char **argv)
                                  (guint16) opts.port, &error))
         return fail (error->message);
       if (mcq_listener_describe (listener)[0] == '\0')
-        return fail ("nothing to listen on: -p 0 was given without -s");
+        return fail (_("nothing to listen on: -p 0 was given without -s"));
     }
 
   gboolean root_kept = FALSE;
@@ -304,7 +307,7 @@ main (int argc, char **argv)
         root_kept = TRUE;
     }
   else if (opts.user != NULL)
-    g_warning ("-u/--user is ignored: memcacheq was not started as root");
+    g_warning (_("-u/--user is ignored: memcacheq was not started as root"));
 
   home_path = mcq_options_home (&opts);
   home = mcq_home_acquire (home_path, &error);
@@ -315,7 +318,7 @@ main (int argc, char **argv)
     {
       notify_fd = daemonize ();
       if (notify_fd < 0)
-        return fail ("-d/--daemon: cannot fork");
+        return fail (_("-d/--daemon: cannot fork"));
       mcq_home_write_pid (home);
     }
 
@@ -331,7 +334,8 @@ main (int argc, char **argv)
   server.store = mcq_store_open (&store_cfg, &error);
   if (server.store == NULL)
     {
-      g_autofree char *msg = g_strdup_printf ("%s (home %s)", error->message, home_path);
+      /* TRANSLATORS: the reason the database cannot be opened, then the directory. */
+      g_autofree char *msg = g_strdup_printf (_("%s (home %s)"), error->message, home_path);
       daemon_ready (notify_fd, 1);
       return fail (msg);
     }
@@ -351,7 +355,7 @@ main (int argc, char **argv)
   /* Warned only once startup has succeeded, so that a failing start
    * prints exactly one line: the reason. */
   if (root_kept)
-    g_warning ("running as root; use -u/--user to run as an unprivileged user");
+    g_warning (_("running as root; use -u/--user to run as an unprivileged user"));
 
   d.loop = g_main_loop_new (NULL, FALSE);
   d.server = &server;
@@ -367,15 +371,17 @@ main (int argc, char **argv)
   mcq_sd_ready (status);
   mcq_sd_watchdog_start ();
   guint status_source = g_timeout_add_seconds (STATUS_INTERVAL_S, on_status_tick, &server);
-  g_message ("memcacheq %s ready on %s; home %s; %s", MCQ_VERSION,
+  /* TRANSLATORS: the version, the sockets ("127.0.0.1:22201, unix:/run/x"),
+   * the database directory, then the durability mode. */
+  g_message (_("memcacheq %s ready on %s; home %s; %s"), MCQ_VERSION,
              mcq_listener_describe (listener), home_path,
-             server.durable ? "durable (STORED after fsync)" : "no-sync (-N)");
+             server.durable ? _("durable (STORED after fsync)") : _("no-sync (-N)"));
   daemon_ready (notify_fd, 0);
 
   g_main_loop_run (d.loop);
 
   mcq_sd_stopping ();
-  g_message ("shutting down: finishing in-flight requests");
+  g_message (_("shutting down: finishing in-flight requests"));
   g_source_remove (status_source);
   g_clear_pointer (&dbus, mcq_dbus_stop);
   g_clear_pointer (&listener, mcq_listener_free);
@@ -385,6 +391,6 @@ main (int argc, char **argv)
   if (opts.pidfile)
     unlink (opts.pidfile);
   g_main_loop_unref (d.loop);
-  g_message ("stopped cleanly");
+  g_message (_("stopped cleanly"));
   return 0;
 }

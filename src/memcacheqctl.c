@@ -2,12 +2,12 @@
  * (data/org.memcacheq.MemcacheQ1.xml): status, queue lists and figures, live
  * rates, DeleteQueue and Checkpoint.  It talks D-Bus only, never memcache. */
 #include <gio/gio.h>
-#include <locale.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "i18n.h"
 
 #define BUS_NAME "org.memcacheq.MemcacheQ1"
 #define DAEMON_PATH "/org/memcacheq/MemcacheQ1"
@@ -76,22 +76,22 @@ call_failed (Ctl *c, GError *error, const char *queue)
 
   if (g_strcmp0 (remote, "org.freedesktop.DBus.Error.ServiceUnknown") == 0 ||
       g_strcmp0 (remote, "org.freedesktop.DBus.Error.NameHasNoOwner") == 0)
-    return fail (EXIT_UNREACHABLE, "memcacheq is not running on the %s bus (nobody owns %s)",
+    return fail (EXIT_UNREACHABLE, _("memcacheq is not running on the %s bus (nobody owns %s)"),
                  c->bus_label, BUS_NAME);
   if (g_strcmp0 (remote, "org.freedesktop.DBus.Error.NoReply") == 0 ||
       g_error_matches (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT) ||
       g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED))
-    return fail (EXIT_UNREACHABLE, "memcacheq on the %s bus does not answer: %s", c->bus_label,
+    return fail (EXIT_UNREACHABLE, _("memcacheq on the %s bus does not answer: %s"), c->bus_label,
                  error->message);
   if (g_strcmp0 (remote, ERROR_NO_SUCH_QUEUE) == 0 ||
       (queue != NULL && (g_strcmp0 (remote, "org.freedesktop.DBus.Error.UnknownObject") == 0 ||
                          g_strcmp0 (remote, "org.freedesktop.DBus.Error.UnknownInterface") == 0 ||
                          g_strcmp0 (remote, "org.freedesktop.DBus.Error.UnknownMethod") == 0)))
-    return fail (EXIT_NO_QUEUE, "no such queue: %s", queue ? queue : "?");
+    return fail (EXIT_NO_QUEUE, _("no such queue: %s"), queue ? queue : "?");
   g_dbus_error_strip_remote_error (error);
   if (g_strcmp0 (remote, "org.freedesktop.DBus.Error.AccessDenied") == 0)
-    return fail (EXIT_DENIED, "permission denied: %s (on the system bus only root may "
-                 "delete queues and checkpoint)", error->message);
+    return fail (EXIT_DENIED, _("permission denied: %s (on the system bus only root may "
+                                "delete queues and checkpoint)"), error->message);
   return fail (EXIT_FAIL, "%s", error->message);
 }
 
@@ -127,16 +127,17 @@ connect_bus (Ctl *c, const char *bus)
       address = g_strdup (bus);
     }
   else
-    return fail (EXIT_FAIL, "--bus: invalid value “%s”: expected system, session or a "
-                 "D-Bus address such as unix:path=/run/dbus/system_bus_socket", bus);
+    return fail (EXIT_FAIL, _("--bus: invalid value “%s”: expected system, session or a "
+                              "D-Bus address such as unix:path=/run/dbus/system_bus_socket"), bus);
   if (address == NULL)
-    return fail (EXIT_UNREACHABLE, "cannot find the %s bus: %s", c->bus_label, error->message);
+    return fail (EXIT_UNREACHABLE, _("cannot find the %s bus: %s"), c->bus_label, error->message);
   c->conn = g_dbus_connection_new_for_address_sync (address,
                                                     G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
                                                     G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
                                                     NULL, NULL, &error);
   if (c->conn == NULL)
-    return fail (EXIT_UNREACHABLE, "cannot connect to the %s bus: %s", c->bus_label, error->message);
+    return fail (EXIT_UNREACHABLE, _("cannot connect to the %s bus: %s"), c->bus_label,
+                 error->message);
   return EXIT_OK;
 }
 
@@ -197,6 +198,51 @@ format_duration_us (guint64 us)
   return g_strdup_printf ("%" G_GUINT64_FORMAT "d %02" G_GUINT64_FORMAT "h", s / 86400, s / 3600 % 24);
 }
 
+/* Terminal columns a string takes: CJK characters (translated headers and
+ * labels, queue names) take two, combining marks none. */
+static guint
+display_width (const char *s)
+{
+  guint w = 0;
+
+  for (const char *p = s; *p; p = g_utf8_next_char (p))
+    {
+      gunichar ch = g_utf8_get_char_validated (p, -1);
+      if (ch == (gunichar) -1 || ch == (gunichar) -2)
+        w++;
+      else if (g_unichar_iswide (ch))
+        w += 2;
+      else if (!g_unichar_iszerowidth (ch))
+        w++;
+    }
+  return w;
+}
+
+static void
+pad (GString *out, guint n)
+{
+  for (guint k = 0; k < n; k++)
+    g_string_append_c (out, ' ');
+}
+
+/* Lines of "label  value", the values lined up two columns right of the
+ * widest label. */
+static void
+print_fields (const char *const *labels, char **values, guint n)
+{
+  guint width = 0;
+
+  for (guint i = 0; i < n; i++)
+    width = MAX (width, display_width (labels[i]));
+  for (guint i = 0; i < n; i++)
+    {
+      g_autoptr(GString) line = g_string_new (labels[i]);
+      pad (line, width + 2 - display_width (labels[i]));
+      g_string_append (line, values[i]);
+      g_print ("%s\n", line->str);
+    }
+}
+
 /* A table: a header and rows of cells; the first column is left-aligned,
  * the others (numbers) right-aligned. */
 typedef struct {
@@ -226,7 +272,7 @@ table_print (Table *t)
     {
       char **row = t->rows->pdata[r];
       for (guint i = 0; i < ncols && row[i]; i++)
-        width[i] = MAX (width[i], (guint) g_utf8_strlen (row[i], -1));
+        width[i] = MAX (width[i], display_width (row[i]));
     }
   for (guint r = 0; r < t->rows->len; r++)
     {
@@ -234,16 +280,14 @@ table_print (Table *t)
       g_autoptr(GString) line = g_string_new (NULL);
       for (guint i = 0; i < ncols && row[i]; i++)
         {
-          guint pad = width[i] - (guint) g_utf8_strlen (row[i], -1);
+          guint fill = width[i] - display_width (row[i]);
           if (i > 0)
             g_string_append (line, "  ");
           if (i > 0)
-            for (guint k = 0; k < pad; k++)
-              g_string_append_c (line, ' ');
+            pad (line, fill);
           g_string_append (line, row[i]);
           if (i == 0 && i + 1 < ncols)
-            for (guint k = 0; k < pad; k++)
-              g_string_append_c (line, ' ');
+            pad (line, fill);
         }
       g_print ("%s\n", line->str);
     }
@@ -385,12 +429,23 @@ cmd_status (Ctl *c)
       gint64 up = g_get_real_time () - (gint64) start_us;
       g_autofree char *uptime = format_duration_us (up > 0 ? (guint64) up : 0);
 
-      g_print ("Version:          %s\n", version);
-      g_print ("Started:          %s (up %s)\n", when, uptime);
-      g_print ("Connections:      %u open, %" G_GUINT64_FORMAT " since start\n", curr, total);
-      g_print ("Queues:           %u\n", queues);
-      g_print ("Durable:          %s\n", durable ? "yes (STORED after fsync)" : "no (-N/--no-sync)");
-      g_print ("State directory:  %s\n", dir);
+      const char *labels[] = {
+        _("Version:"), _("Started:"), _("Connections:"), _("Queues:"), _("Durable:"),
+        _("State directory:"),
+      };
+      char *values[G_N_ELEMENTS (labels)] = {
+        g_strdup (version),
+        /* TRANSLATORS: the start time, then how long ago that is ("1h 05m"). */
+        g_strdup_printf (_("%s (up %s)"), when, uptime),
+        g_strdup_printf (_("%u open, %llu since start"), curr, (unsigned long long) total),
+        g_strdup_printf ("%u", queues),
+        g_strdup (durable ? _("yes (STORED after fsync)") : _("no (-N/--no-sync)")),
+        g_strdup (dir),
+      };
+
+      print_fields (labels, values, G_N_ELEMENTS (labels));
+      for (guint i = 0; i < G_N_ELEMENTS (values); i++)
+        g_free (values[i]);
     }
   return EXIT_OK;
 }
@@ -418,11 +473,14 @@ cmd_list (Ctl *c)
     }
   if (queues->len == 0)
     {
-      g_print ("no queues\n");
+      g_print ("%s\n", _("no queues"));
       return EXIT_OK;
     }
   {
-    const char *header[] = { "QUEUE", "ENQUEUED", "DEQUEUED", "DEPTH", "BYTES", "OLDEST", NULL };
+    /* TRANSLATORS: the column headers of "memcacheqctl list"; OLDEST is the
+     * age of the oldest message in the queue. */
+    const char *header[] = { _("QUEUE"), _("ENQUEUED"), _("DEQUEUED"), _("DEPTH"), _("BYTES"),
+                             _("OLDEST"), NULL };
     Table t;
 
     table_init (&t, header);
@@ -471,13 +529,18 @@ cmd_stats (Ctl *c, const char *name)
     {
       g_autofree char *shown = printable_name (q->name);
       g_autofree char *age = q->depth > 0 ? format_duration_us (q->age_us) : g_strdup ("-");
-      g_print ("Queue:               %s\n", shown);
-      g_print ("Object path:         %s\n", q->path);
-      g_print ("Enqueued:            %" G_GUINT64_FORMAT "\n", q->enqueued);
-      g_print ("Dequeued:            %" G_GUINT64_FORMAT "\n", q->dequeued);
-      g_print ("Depth:               %" G_GUINT64_FORMAT "\n", q->depth);
-      g_print ("Bytes:               %" G_GUINT64_FORMAT "\n", q->bytes);
-      g_print ("Oldest message age:  %s\n", age);
+      const char *labels[] = {
+        _("Queue:"), _("Object path:"), _("Enqueued:"), _("Dequeued:"), _("Depth:"), _("Bytes:"),
+        _("Oldest message age:"),
+      };
+      char *values[G_N_ELEMENTS (labels)] = {
+        g_strdup (shown), g_strdup (q->path), u64 (q->enqueued), u64 (q->dequeued),
+        u64 (q->depth), u64 (q->bytes), g_strdup (age),
+      };
+
+      print_fields (labels, values, G_N_ELEMENTS (labels));
+      for (guint i = 0; i < G_N_ELEMENTS (values); i++)
+        g_free (values[i]);
     }
   return EXIT_OK;
 }
@@ -489,8 +552,8 @@ cmd_delete (Ctl *c, const char *name)
   g_autoptr(GVariant) reply = NULL;
 
   if (!g_utf8_validate (name, -1, NULL))
-    return fail (EXIT_FAIL, "the queue name is not valid UTF-8, which D-Bus cannot carry; "
-                 "delete it with the memcache command \"delete\"");
+    return fail (EXIT_FAIL, _("the queue name is not valid UTF-8, which D-Bus cannot carry; "
+                              "delete it with the memcache command \"delete\""));
   reply = call (c, DAEMON_PATH, DAEMON_IFACE, "DeleteQueue", g_variant_new ("(s)", name), "()", &error);
   if (reply == NULL)
     return call_failed (c, error, name);
@@ -502,7 +565,7 @@ cmd_delete (Ctl *c, const char *name)
       g_print ("%s\n", out->str);
     }
   else
-    g_print ("deleted queue %s\n", name);
+    g_print (_("deleted queue %s\n"), name);
   return EXIT_OK;
 }
 
@@ -514,7 +577,10 @@ cmd_checkpoint (Ctl *c)
 
   if (reply == NULL)
     return call_failed (c, error, NULL);
-  g_print (c->json ? "{\"Checkpoint\":true}\n" : "checkpoint done\n");
+  if (c->json)
+    g_print ("{\"Checkpoint\":true}\n");
+  else
+    g_print ("%s\n", _("checkpoint done"));
   return EXIT_OK;
 }
 
@@ -582,15 +648,20 @@ cmd_watch (Ctl *c)
         }
       else
         {
-          const char *header[] = { "QUEUE", "DEPTH", "ENQ/S", "DEQ/S", NULL };
+          /* TRANSLATORS: the column headers of "memcacheqctl watch": messages
+           * enqueued and dequeued per second. */
+          const char *header[] = { _("QUEUE"), _("DEPTH"), _("ENQ/S"), _("DEQ/S"), NULL };
+          g_autofree char *summary = NULL;
           Table t;
 
           if (tty)
             g_print ("\033[H\033[2J");
           else if (shown > 0)
             g_print ("\n");
-          g_print ("%s  %u queue%s, rates over the last %.1f s%s\n", stamp, now->len,
-                   now->len == 1 ? "" : "s", dt, c->count <= 0 ? " (Ctrl-C to stop)" : "");
+          summary = g_strdup_printf (ngettext ("%u queue, rates over the last %.1f s",
+                                               "%u queues, rates over the last %.1f s", now->len),
+                                     now->len, dt);
+          g_print ("%s  %s%s\n", stamp, summary, c->count <= 0 ? _(" (Ctrl-C to stop)") : "");
           table_init (&t, header);
           for (guint i = 0; i < now->len; i++)
             {
@@ -630,63 +701,68 @@ main (int argc, char **argv)
   int rc;
   const GOptionEntry entries[] = {
     { "bus", 'b', 0, G_OPTION_ARG_STRING, &bus,
-      "the bus memcacheq is on: system (the default; $DBUS_SYSTEM_BUS_ADDRESS is honoured), "
-      "session, or a D-Bus address such as unix:path=/run/dbus/system_bus_socket", "BUS" },
-    { "json", 'j', 0, G_OPTION_ARG_NONE, &c.json, "print JSON instead of tables (watch: one line per refresh)", NULL },
-    { "count", 'n', 0, G_OPTION_ARG_INT, &c.count, "watch: stop after N refreshes (default: run until interrupted)", "N" },
-    { "version", 'V', 0, G_OPTION_ARG_NONE, &version, "print the version and exit", NULL },
+      N_("the bus memcacheq is on: system (the default; $DBUS_SYSTEM_BUS_ADDRESS is honoured), "
+         "session, or a D-Bus address such as unix:path=/run/dbus/system_bus_socket"), N_("BUS") },
+    { "json", 'j', 0, G_OPTION_ARG_NONE, &c.json,
+      N_("print JSON instead of tables (watch: one line per refresh)"), NULL },
+    { "count", 'n', 0, G_OPTION_ARG_INT, &c.count,
+      N_("watch: stop after N refreshes (default: run until interrupted)"), N_("N") },
+    { "version", 'V', 0, G_OPTION_ARG_NONE, &version, N_("print the version and exit"), NULL },
     { NULL }
   };
 
-  setlocale (LC_ALL, "");
-  ctx = g_option_context_new ("COMMAND [QUEUE]");
-  g_option_context_add_main_entries (ctx, entries, NULL);
+  mcq_i18n_init ();
+  /* TRANSLATORS: the arguments after the options, in the usage line. */
+  ctx = g_option_context_new (N_("COMMAND [QUEUE]"));
+  g_option_context_set_translation_domain (ctx, GETTEXT_PACKAGE);
+  g_option_context_add_main_entries (ctx, entries, GETTEXT_PACKAGE);
   g_option_context_set_summary (ctx,
-      "Looks at and manages a running memcacheq through D-Bus (org.memcacheq.MemcacheQ1).\n"
-      "\n"
-      "Commands:\n"
-      "  status          the daemon: version, start time, connections, queues, durability, state directory\n"
-      "  list            every queue: enqueued, dequeued, depth, bytes, age of the oldest message\n"
-      "  stats QUEUE     one queue's figures\n"
-      "  delete QUEUE    delete a queue and its messages (root only on the system bus)\n"
-      "  checkpoint      write a Berkeley DB checkpoint now (root only on the system bus)\n"
-      "  watch           live enqueue and dequeue rates per queue, refreshed every second");
+      /* TRANSLATORS: the command names (status, list, ...) are typed as they are. */
+      N_("Looks at and manages a running memcacheq through D-Bus (org.memcacheq.MemcacheQ1).\n"
+         "\n"
+         "Commands:\n"
+         "  status          the daemon: version, start time, connections, queues, durability, state directory\n"
+         "  list            every queue: enqueued, dequeued, depth, bytes, age of the oldest message\n"
+         "  stats QUEUE     one queue's figures\n"
+         "  delete QUEUE    delete a queue and its messages (root only on the system bus)\n"
+         "  checkpoint      write a Berkeley DB checkpoint now (root only on the system bus)\n"
+         "  watch           live enqueue and dequeue rates per queue, refreshed every second"));
   g_option_context_set_description (ctx,
-      "JSON output uses the D-Bus property names and units: StartTime is in microseconds\n"
-      "since the Unix epoch, OldestMessageAge in microseconds.\n"
-      "\n"
-      "Exit status:\n"
-      "  0  success\n"
-      "  1  usage error, or the daemon reported a failure\n"
-      "  2  the daemon is not reachable (no bus, memcacheq not on it, or no answer)\n"
-      "  3  no such queue\n"
-      "  4  permission denied by the bus policy");
+      N_("JSON output uses the D-Bus property names and units: StartTime is in microseconds\n"
+         "since the Unix epoch, OldestMessageAge in microseconds.\n"
+         "\n"
+         "Exit status:\n"
+         "  0  success\n"
+         "  1  usage error, or the daemon reported a failure\n"
+         "  2  the daemon is not reachable (no bus, memcacheq not on it, or no answer)\n"
+         "  3  no such queue\n"
+         "  4  permission denied by the bus policy"));
   if (!g_option_context_parse (ctx, &argc, &argv, &error))
-    return fail (EXIT_FAIL, "%s (see --help)", error->message);
+    return fail (EXIT_FAIL, _("%s (see --help)"), error->message);
   if (version)
     {
       g_print ("memcacheqctl %s\n", MCQ_VERSION);
       return EXIT_OK;
     }
   if (argc < 2)
-    return fail (EXIT_FAIL, "no command given (see --help)");
+    return fail (EXIT_FAIL, _("no command given (see --help)"));
   cmd = argv[1];
 
   if (strcmp (cmd, "stats") == 0 || strcmp (cmd, "delete") == 0)
     {
       if (argc != 3)
-        return fail (EXIT_FAIL, "%s needs one queue name (see --help)", cmd);
+        return fail (EXIT_FAIL, _("%s needs one queue name (see --help)"), cmd);
     }
   else if (strcmp (cmd, "status") == 0 || strcmp (cmd, "list") == 0 ||
            strcmp (cmd, "checkpoint") == 0 || strcmp (cmd, "watch") == 0)
     {
       if (argc != 2)
-        return fail (EXIT_FAIL, "%s takes no arguments (see --help)", cmd);
+        return fail (EXIT_FAIL, _("%s takes no arguments (see --help)"), cmd);
     }
   else
-    return fail (EXIT_FAIL, "unknown command “%s” (see --help)", cmd);
+    return fail (EXIT_FAIL, _("unknown command “%s” (see --help)"), cmd);
   if (c.count < 0)
-    return fail (EXIT_FAIL, "--count: must not be negative");
+    return fail (EXIT_FAIL, _("--count: must not be negative"));
 
   rc = connect_bus (&c, bus);
   if (rc != EXIT_OK)

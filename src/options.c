@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "i18n.h"
 #include "protocol.h"
 
 #define DEFAULT_PORT 22201
@@ -54,8 +55,8 @@ mcq_option_parse_uint (const char *name, const char *value, guint64 min, guint64
   if (!mcq_parse_u64 (value, strlen (value), &v) || v < min || v > max)
     {
       g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                   "%s: invalid value “%s”: expected a whole number from %" G_GUINT64_FORMAT
-                   " to %" G_GUINT64_FORMAT, name, value, min, max);
+                   _("%s: invalid value “%s”: expected a whole number from %llu to %llu"),
+                   name, value, (unsigned long long) min, (unsigned long long) max);
       return FALSE;
     }
   *out = v;
@@ -76,21 +77,21 @@ typedef struct {
 #define OFF(field) G_STRUCT_OFFSET (McqOptions, field)
 
 static const NumericOption numeric_options[] = {
-  { 'p', "port", OFF (port), 'u', 0, 65535, "PORT", "TCP port to listen on (default 22201; 0: none)" },
-  { 'U', "udp-port", OFF (udp_port), 'u', 0, 65535, "PORT", "UDP port: only 0 is accepted, UDP is not offered" },
-  { 'a', "unix-mask", OFF (unix_mask), 'o', 0, 0777, "MODE", "octal permissions of the unix socket (default 0700)" },
-  { 'c', "max-conns", OFF (max_conns), 'u', 1, 1048576, "N", "most simultaneous connections (default 1024)" },
-  { 't', "threads", OFF (threads), 'u', 1, 1024, "N", "accepted for compatibility; memcacheq runs one network and one storage thread" },
-  { 'm', "cache-size", OFF (cache_mb), 'U', 1, 1024 * 1024, "MB", "Berkeley DB cache size in MiB (default 64)" },
-  { 'A', "page-size", OFF (page_size), 'u', 512, 65536, "BYTES", "database page size, a power of two from 512 to 65536 (default 4096)" },
-  { 'L', "log-buffer", OFF (log_buffer_kb), 'u', 1, 1024 * 1024, "KB", "transaction log buffer in KiB (default 32)" },
-  { 'C', "checkpoint-interval", OFF (checkpoint_s), 'u', 0, 86400 * 7, "SECONDS", "seconds between checkpoints (default 300; 0: only at shutdown)" },
-  { 'T', "trickle-interval", OFF (trickle_s), 'u', 0, 86400, "SECONDS", "seconds between cache trickle writes (default 30; 0: never)" },
-  { 'e', "trickle-percent", OFF (trickle_percent), 'u', 1, 100, "PERCENT", "percent of the cache trickle keeps clean (default 60)" },
-  { 'S', "stats-interval", OFF (stats_dump_s), 'u', 0, 86400, "SECONDS", "accepted for compatibility; counters are saved in every transaction" },
-  { 'E', "extent-pages", OFF (extent_pages), 'u', 1, G_MAXUINT32, "PAGES", "accepted for compatibility; applies to DB_QUEUE, which memcacheq does not use" },
-  { 'B', "max-body", OFF (max_body), 'U', 1, MAX_MAX_BODY, "BYTES", "largest message body in bytes (default 1048576)" },
-  { 'D', "deadlock-interval", OFF (deadlock_ms), 'u', 1, 3600000, "MS", "accepted for compatibility; deadlocks are detected at once" },
+  { 'p', "port", OFF (port), 'u', 0, 65535, N_("PORT"), N_("TCP port to listen on (default 22201; 0: none)") },
+  { 'U', "udp-port", OFF (udp_port), 'u', 0, 65535, N_("PORT"), N_("UDP port: only 0 is accepted, UDP is not offered") },
+  { 'a', "unix-mask", OFF (unix_mask), 'o', 0, 0777, N_("MODE"), N_("octal permissions of the unix socket (default 0700)") },
+  { 'c', "max-conns", OFF (max_conns), 'u', 1, 1048576, N_("N"), N_("most simultaneous connections (default 1024)") },
+  { 't', "threads", OFF (threads), 'u', 1, 1024, N_("N"), N_("accepted for compatibility; memcacheq runs one network and one storage thread") },
+  { 'm', "cache-size", OFF (cache_mb), 'U', 1, 1024 * 1024, N_("MB"), N_("Berkeley DB cache size in MiB (default 64)") },
+  { 'A', "page-size", OFF (page_size), 'u', 512, 65536, N_("BYTES"), N_("database page size, a power of two from 512 to 65536 (default 4096)") },
+  { 'L', "log-buffer", OFF (log_buffer_kb), 'u', 1, 1024 * 1024, N_("KB"), N_("transaction log buffer in KiB (default 32)") },
+  { 'C', "checkpoint-interval", OFF (checkpoint_s), 'u', 0, 86400 * 7, N_("SECONDS"), N_("seconds between checkpoints (default 300; 0: only at shutdown)") },
+  { 'T', "trickle-interval", OFF (trickle_s), 'u', 0, 86400, N_("SECONDS"), N_("seconds between cache trickle writes (default 30; 0: never)") },
+  { 'e', "trickle-percent", OFF (trickle_percent), 'u', 1, 100, N_("PERCENT"), N_("percent of the cache trickle keeps clean (default 60)") },
+  { 'S', "stats-interval", OFF (stats_dump_s), 'u', 0, 86400, N_("SECONDS"), N_("accepted for compatibility; counters are saved in every transaction") },
+  { 'E', "extent-pages", OFF (extent_pages), 'u', 1, G_MAXUINT32, N_("PAGES"), N_("accepted for compatibility; applies to DB_QUEUE, which memcacheq does not use") },
+  { 'B', "max-body", OFF (max_body), 'U', 1, MAX_MAX_BODY, N_("BYTES"), N_("largest message body in bytes (default 1048576)") },
+  { 'D', "deadlock-interval", OFF (deadlock_ms), 'u', 1, 3600000, N_("MS"), N_("accepted for compatibility; deadlocks are detected at once") },
 };
 
 static gboolean
@@ -117,7 +118,7 @@ on_numeric (const char *option_name, const char *value, gpointer data, GError **
       if (*value == '\0' || *end != '\0' || m > def->max || strspn (value, "01234567") != strlen (value))
         {
           g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                       "%s: invalid value “%s”: expected an octal mode such as 0700", name, value);
+                       _("%s: invalid value “%s”: expected an octal mode such as 0700"), name, value);
           return FALSE;
         }
       v = m;
@@ -150,19 +151,19 @@ mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **error)
   GOptionGroup *group;
   GArray *entries = g_array_new (TRUE, TRUE, sizeof (GOptionEntry));
   const GOptionEntry fixed[] = {
-    { "listen", 'l', 0, G_OPTION_ARG_STRING, &o->listen_addr, "address to listen on (default 127.0.0.1)", "ADDR" },
-    { "unix-socket", 's', 0, G_OPTION_ARG_FILENAME, &o->unix_path, "listen on this unix stream socket instead of TCP", "PATH" },
-    { "home", 'H', 0, G_OPTION_ARG_FILENAME, &o->home, "database home directory (default $STATE_DIRECTORY or $XDG_STATE_HOME/memcacheq)", "DIR" },
-    { "no-sync", 'N', 0, G_OPTION_ARG_NONE, &o->no_sync, "do not sync the log on commit: faster, but a crash may lose acknowledged messages", NULL },
-    { "auto-remove-logs", 'R', 0, G_OPTION_ARG_NONE, &o->log_auto_remove, "remove log files as soon as they are no longer needed", NULL },
-    { "daemon", 'd', 0, G_OPTION_ARG_NONE, &o->daemonize, "run in the background once ready", NULL },
-    { "enable-coredumps", 'r', 0, G_OPTION_ARG_NONE, &o->core_unlimited, "raise the core file size limit to the maximum", NULL },
-    { "user", 'u', 0, G_OPTION_ARG_STRING, &o->user, "switch to this user when started as root", "USER" },
-    { "pidfile", 'P', 0, G_OPTION_ARG_FILENAME, &o->pidfile, "write the process id to this file", "FILE" },
-    { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, on_verbose, "more log output (-vv: debug)", NULL },
-    { "license", 'i', 0, G_OPTION_ARG_NONE, &o->show_license, "print the license and exit", NULL },
-    { "version", 'V', 0, G_OPTION_ARG_NONE, &o->show_version, "print the version and exit", NULL },
-    { "dbus", 0, 0, G_OPTION_ARG_STRING, &o->dbus, "publish queue statistics on this D-Bus bus: system (default), session or none", "BUS" },
+    { "listen", 'l', 0, G_OPTION_ARG_STRING, &o->listen_addr, N_("address to listen on (default 127.0.0.1)"), N_("ADDR") },
+    { "unix-socket", 's', 0, G_OPTION_ARG_FILENAME, &o->unix_path, N_("listen on this unix stream socket instead of TCP"), N_("PATH") },
+    { "home", 'H', 0, G_OPTION_ARG_FILENAME, &o->home, N_("database home directory (default $STATE_DIRECTORY or $XDG_STATE_HOME/memcacheq)"), N_("DIR") },
+    { "no-sync", 'N', 0, G_OPTION_ARG_NONE, &o->no_sync, N_("do not sync the log on commit: faster, but a crash may lose acknowledged messages"), NULL },
+    { "auto-remove-logs", 'R', 0, G_OPTION_ARG_NONE, &o->log_auto_remove, N_("remove log files as soon as they are no longer needed"), NULL },
+    { "daemon", 'd', 0, G_OPTION_ARG_NONE, &o->daemonize, N_("run in the background once ready"), NULL },
+    { "enable-coredumps", 'r', 0, G_OPTION_ARG_NONE, &o->core_unlimited, N_("raise the core file size limit to the maximum"), NULL },
+    { "user", 'u', 0, G_OPTION_ARG_STRING, &o->user, N_("switch to this user when started as root"), N_("USER") },
+    { "pidfile", 'P', 0, G_OPTION_ARG_FILENAME, &o->pidfile, N_("write the process id to this file"), N_("FILE") },
+    { "verbose", 'v', G_OPTION_FLAG_NO_ARG, G_OPTION_ARG_CALLBACK, on_verbose, N_("more log output (-vv: debug)"), NULL },
+    { "license", 'i', 0, G_OPTION_ARG_NONE, &o->show_license, N_("print the license and exit"), NULL },
+    { "version", 'V', 0, G_OPTION_ARG_NONE, &o->show_version, N_("print the version and exit"), NULL },
+    { "dbus", 0, 0, G_OPTION_ARG_STRING, &o->dbus, N_("publish queue statistics on this D-Bus bus: system (default), session or none"), N_("BUS") },
   };
 
   g_array_append_vals (entries, fixed, G_N_ELEMENTS (fixed));
@@ -174,22 +175,25 @@ mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **error)
       g_array_append_val (entries, e);
     }
 
-  group = g_option_group_new ("memcacheq", "memcacheq options", "memcacheq options", o, NULL);
+  group = g_option_group_new ("memcacheq", N_("memcacheq options"), N_("memcacheq options"), o, NULL);
+  g_option_group_set_translation_domain (group, GETTEXT_PACKAGE);
   g_option_group_add_entries (group, (GOptionEntry *) entries->data);
   g_option_context_set_main_group (ctx, group);
+  /* The context translates the summary and the description itself. */
+  g_option_context_set_translation_domain (ctx, GETTEXT_PACKAGE);
   g_option_context_set_summary (ctx,
-      "A persistent message queue speaking the memcache text protocol.\n"
-      "“set QUEUE 0 0 LEN” appends a message, “get QUEUE” takes the oldest one.");
+      N_("A persistent message queue speaking the memcache text protocol.\n"
+         "“set QUEUE 0 0 LEN” appends a message, “get QUEUE” takes the oldest one."));
   g_option_context_set_description (ctx,
-      "Messages are kept in a transactional Berkeley DB environment; by default\n"
-      "STORED is sent only once the message is on disk.  Report bugs to the memcacheq project.");
+      N_("Messages are kept in a transactional Berkeley DB environment; by default\n"
+         "STORED is sent only once the message is on disk.  Report bugs to the memcacheq project."));
 
   gboolean ok = g_option_context_parse (ctx, argc, argv, error);
   g_array_unref (entries);
   if (ok && *argc > 1)
     {
       g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_FAILED,
-                   "unexpected argument “%s” (see --help)", (*argv)[1]);
+                   _("unexpected argument “%s” (see --help)"), (*argv)[1]);
       return FALSE;
     }
   return ok;
@@ -210,31 +214,32 @@ mcq_options_check (const McqOptions *o, GError **error)
   if (o->udp_port != 0)
     {
       g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                   "-U/--udp-port: UDP is not supported by memcacheq (a queue needs "
-                   "reliable delivery); use TCP or a unix socket");
+                   _("-U/--udp-port: UDP is not supported by memcacheq (a queue needs "
+                     "reliable delivery); use TCP or a unix socket"));
       return FALSE;
     }
   if ((o->page_size & (o->page_size - 1)) != 0)
     {
       g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                   "-A/--page-size: %u is not a power of two", o->page_size);
+                   _("-A/--page-size: %u is not a power of two"), o->page_size);
       return FALSE;
     }
   if (o->home != NULL && o->home[0] == '\0')
     {
-      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "-H/--home: empty path");
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, _("-H/--home: empty path"));
       return FALSE;
     }
   if (o->unix_path != NULL && o->unix_path[0] == '\0')
     {
-      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "-s/--unix-socket: empty path");
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                           _("-s/--unix-socket: empty path"));
       return FALSE;
     }
   if (o->dbus != NULL && g_strcmp0 (o->dbus, "system") != 0 &&
       g_strcmp0 (o->dbus, "session") != 0 && g_strcmp0 (o->dbus, "none") != 0)
     {
       g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                   "--dbus: invalid value “%s”: expected system, session or none", o->dbus);
+                   _("--dbus: invalid value “%s”: expected system, session or none"), o->dbus);
       return FALSE;
     }
   return TRUE;
@@ -256,17 +261,17 @@ mcq_options_warnings (const McqOptions *o)
   GPtrArray *w = g_ptr_array_new_with_free_func (g_free);
 
   if (given (o, 't'))
-    g_ptr_array_add (w, g_strdup ("-t/--threads is ignored: memcacheq serves every connection "
-                                  "from one network thread and runs transactions on one storage thread"));
+    g_ptr_array_add (w, g_strdup (_("-t/--threads is ignored: memcacheq serves every connection "
+                                    "from one network thread and runs transactions on one storage thread")));
   if (given (o, 'S'))
-    g_ptr_array_add (w, g_strdup ("-S/--stats-interval is ignored: queue counters are saved in "
-                                  "the same transaction as every message"));
+    g_ptr_array_add (w, g_strdup (_("-S/--stats-interval is ignored: queue counters are saved in "
+                                    "the same transaction as every message")));
   if (given (o, 'E'))
-    g_ptr_array_add (w, g_strdup ("-E/--extent-pages is ignored: it applies to DB_QUEUE "
-                                  "databases, which memcacheq does not use"));
+    g_ptr_array_add (w, g_strdup (_("-E/--extent-pages is ignored: it applies to DB_QUEUE "
+                                    "databases, which memcacheq does not use")));
   if (given (o, 'D'))
-    g_ptr_array_add (w, g_strdup ("-D/--deadlock-interval is ignored: deadlocks are detected "
-                                  "as soon as a lock conflict happens"));
+    g_ptr_array_add (w, g_strdup (_("-D/--deadlock-interval is ignored: deadlocks are detected "
+                                    "as soon as a lock conflict happens")));
   return w;
 }
 

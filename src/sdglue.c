@@ -5,6 +5,8 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "i18n.h"
+
 static guint watchdog_source;
 
 void
@@ -22,7 +24,7 @@ mcq_sd_status (const char *status)
 void
 mcq_sd_stopping (void)
 {
-  sd_notify (0, "STOPPING=1\nSTATUS=Shutting down");
+  sd_notifyf (0, "STOPPING=1\nSTATUS=%s", _("Shutting down"));
 }
 
 /* The ping runs on the main loop on purpose: if the loop stalls, the pings
@@ -43,7 +45,7 @@ mcq_sd_watchdog_start (void)
     return;
   watchdog_ping (NULL);
   watchdog_source = g_timeout_add (MAX (1u, (guint) (usec / 2 / 1000)), watchdog_ping, NULL);
-  g_info ("watchdog enabled: pinging every %u ms", (guint) (usec / 2 / 1000));
+  g_info (_("watchdog enabled: pinging every %u ms"), (guint) (usec / 2 / 1000));
 }
 
 void

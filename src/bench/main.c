@@ -21,40 +21,42 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "../i18n.h"
 
 BenchConfig cfg;
 _Atomic int g_phase;
 Conn **g_conns;
 unsigned g_nconns;
 
-#define DESCRIPTION \
-  "memcacheq-bench is a closed-loop load generator for message queues that speak\n" \
-  "the memcache text protocol (memcacheq) or Redis RESP (lists), in the manner\n" \
-  "of redis-benchmark or memtier_benchmark.  It opens --connections connections,\n" \
-  "spread over --threads threads that each drive their share with non-blocking\n" \
-  "sockets and epoll.  Every connection keeps --pipeline requests in flight\n" \
-  "(default 1) and sends the next one as soon as a reply arrives.  Connection i\n" \
-  "works on queue i modulo --queues.  With --mix=set it only appends (memcache\n" \
-  "\"set\", Redis RPUSH), with --mix=get it only takes (\"get\", LPOP), and with\n" \
-  "--mix=setget it alternates a set and a get on the same connection.  After\n" \
-  "--warmup seconds it measures for --duration seconds, or until --requests\n" \
-  "requests have completed, then prints the throughput, the latency percentiles\n" \
-  "p50, p99 and p99.9 (from a log-linear histogram with under 1% error), the\n" \
-  "number of errors and, given --pid, the CPU time the server process spent per\n" \
-  "operation, read from /proc/PID/stat before and after the window.\n" \
-  "\n" \
-  "Every message body is self-verifying: it carries a run tag, its queue, the\n" \
-  "connection that sent it, that connection's sequence number and a hash of\n" \
-  "these, and is filled to --size bytes with a pattern selected by the hash.\n" \
-  "Every message read back is checked for size, header, hash, filler, memcache\n" \
-  "flags, queue, and that it was really sent and is not delivered twice; with\n" \
-  "--cache (for memcached) each connection uses its own key and a get must\n" \
-  "return exactly the value that connection set last.  In setget mode an empty\n" \
-  "reply is a lost message.  Failed checks, error replies and dropped\n" \
-  "connections count as errors, never as operations, and make the exit status 1.\n" \
-  "\n" \
-  "Exit status: 0 when the run completed without errors, 1 when there were\n" \
-  "errors, 2 on bad usage or when the server cannot be reached."
+static const char description[] =
+  /* xgettext:no-c-format */
+  N_("memcacheq-bench is a closed-loop load generator for message queues that speak\n"
+     "the memcache text protocol (memcacheq) or Redis RESP (lists), in the manner\n"
+     "of redis-benchmark or memtier_benchmark.  It opens --connections connections,\n"
+     "spread over --threads threads that each drive their share with non-blocking\n"
+     "sockets and epoll.  Every connection keeps --pipeline requests in flight\n"
+     "(default 1) and sends the next one as soon as a reply arrives.  Connection i\n"
+     "works on queue i modulo --queues.  With --mix=set it only appends (memcache\n"
+     "\"set\", Redis RPUSH), with --mix=get it only takes (\"get\", LPOP), and with\n"
+     "--mix=setget it alternates a set and a get on the same connection.  After\n"
+     "--warmup seconds it measures for --duration seconds, or until --requests\n"
+     "requests have completed, then prints the throughput, the latency percentiles\n"
+     "p50, p99 and p99.9 (from a log-linear histogram with under 1% error), the\n"
+     "number of errors and, given --pid, the CPU time the server process spent per\n"
+     "operation, read from /proc/PID/stat before and after the window.\n"
+     "\n"
+     "Every message body is self-verifying: it carries a run tag, its queue, the\n"
+     "connection that sent it, that connection's sequence number and a hash of\n"
+     "these, and is filled to --size bytes with a pattern selected by the hash.\n"
+     "Every message read back is checked for size, header, hash, filler, memcache\n"
+     "flags, queue, and that it was really sent and is not delivered twice; with\n"
+     "--cache (for memcached) each connection uses its own key and a get must\n"
+     "return exactly the value that connection set last.  In setget mode an empty\n"
+     "reply is a lost message.  Failed checks, error replies and dropped\n"
+     "connections count as errors, never as operations, and make the exit status 1.\n"
+     "\n"
+     "Exit status: 0 when the run completed without errors, 1 when there were\n"
+     "errors, 2 on bad usage or when the server cannot be reached.");
 
 static gchar *opt_server = NULL;
 static gint opt_port = -1;
@@ -78,28 +80,30 @@ static gboolean opt_quiet = FALSE;
 static gboolean opt_version = FALSE;
 
 static const GOptionEntry entries[] = {
-  { "server", 's', 0, G_OPTION_ARG_STRING, &opt_server, "server host name or address (default 127.0.0.1)", "HOST" },
-  { "port", 'p', 0, G_OPTION_ARG_INT, &opt_port, "TCP port (default 22201 for memcache, 6379 for redis)", "PORT" },
-  { "unix", 'u', 0, G_OPTION_ARG_FILENAME, &opt_unix, "connect to this unix stream socket instead of TCP", "PATH" },
-  { "connections", 'c', 0, G_OPTION_ARG_INT, &opt_conns, "connections (default 50)", "N" },
-  { "queues", 'q', 0, G_OPTION_ARG_INT, &opt_queues, "queues; connection i uses queue i mod N (default 10)", "N" },
-  { "size", 'd', 0, G_OPTION_ARG_INT64, &opt_size, "message size in bytes, at least 40 (default 100)", "BYTES" },
-  { "mix", 'm', 0, G_OPTION_ARG_STRING, &opt_mix, "set, get or setget: a set then a get on each connection (default setget)", "MIX" },
-  { "duration", 't', 0, G_OPTION_ARG_DOUBLE, &opt_duration, "seconds to measure (default 10)", "SECONDS" },
-  { "requests", 'n', 0, G_OPTION_ARG_INT64, &opt_requests, "measure this many requests in all instead of a duration", "N" },
-  { "warmup", 'w', 0, G_OPTION_ARG_DOUBLE, &opt_warmup, "seconds of load before measuring (default 1, or 0 with -n)", "SECONDS" },
-  { "pipeline", 'P', 0, G_OPTION_ARG_INT, &opt_pipeline, "requests in flight per connection (default 1)", "N" },
-  { "protocol", 'r', 0, G_OPTION_ARG_STRING, &opt_protocol, "memcache (set/get) or redis (RPUSH/LPOP) (default memcache)", "PROTO" },
-  { "pid", 0, 0, G_OPTION_ARG_INT, &opt_pid, "server process id: report its CPU time per operation", "PID" },
-  { "threads", 'T', 0, G_OPTION_ARG_INT, &opt_threads, "worker threads (default: one per CPU, at most one per connection)", "N" },
-  { "json", 'j', 0, G_OPTION_ARG_NONE, &opt_json, "print the result as one line of JSON", NULL },
-  { "cache", 0, 0, G_OPTION_ARG_NONE, &opt_cache, "the server is a cache (memcached): one key per connection, a get returns the last set", NULL },
-  { "key-prefix", 'k', 0, G_OPTION_ARG_STRING, &opt_prefix, "queue/key name prefix (default \"bench\")", "PREFIX" },
-  { "timeout", 0, 0, G_OPTION_ARG_DOUBLE, &opt_timeout, "seconds a connection may wait for a reply before it is dropped (default 10)", "SECONDS" },
-  { "quiet", 0, 0, G_OPTION_ARG_NONE, &opt_quiet, "do not print error details, only count them", NULL },
-  { "version", 'V', 0, G_OPTION_ARG_NONE, &opt_version, "print the version and exit", NULL },
+  { "server", 's', 0, G_OPTION_ARG_STRING, &opt_server, N_("server host name or address (default 127.0.0.1)"), N_("HOST") },
+  { "port", 'p', 0, G_OPTION_ARG_INT, &opt_port, N_("TCP port (default 22201 for memcache, 6379 for redis)"), N_("PORT") },
+  { "unix", 'u', 0, G_OPTION_ARG_FILENAME, &opt_unix, N_("connect to this unix stream socket instead of TCP"), N_("PATH") },
+  { "connections", 'c', 0, G_OPTION_ARG_INT, &opt_conns, N_("connections (default 50)"), N_("N") },
+  { "queues", 'q', 0, G_OPTION_ARG_INT, &opt_queues, N_("queues; connection i uses queue i mod N (default 10)"), N_("N") },
+  { "size", 'd', 0, G_OPTION_ARG_INT64, &opt_size, N_("message size in bytes, at least 40 (default 100)"), N_("BYTES") },
+  { "mix", 'm', 0, G_OPTION_ARG_STRING, &opt_mix, N_("set, get or setget: a set then a get on each connection (default setget)"), N_("MIX") },
+  { "duration", 't', 0, G_OPTION_ARG_DOUBLE, &opt_duration, N_("seconds to measure (default 10)"), N_("SECONDS") },
+  { "requests", 'n', 0, G_OPTION_ARG_INT64, &opt_requests, N_("measure this many requests in all instead of a duration"), N_("N") },
+  { "warmup", 'w', 0, G_OPTION_ARG_DOUBLE, &opt_warmup, N_("seconds of load before measuring (default 1, or 0 with -n)"), N_("SECONDS") },
+  { "pipeline", 'P', 0, G_OPTION_ARG_INT, &opt_pipeline, N_("requests in flight per connection (default 1)"), N_("N") },
+  { "protocol", 'r', 0, G_OPTION_ARG_STRING, &opt_protocol, N_("memcache (set/get) or redis (RPUSH/LPOP) (default memcache)"), N_("PROTO") },
+  { "pid", 0, 0, G_OPTION_ARG_INT, &opt_pid, N_("server process id: report its CPU time per operation"), N_("PID") },
+  { "threads", 'T', 0, G_OPTION_ARG_INT, &opt_threads, N_("worker threads (default: one per CPU, at most one per connection)"), N_("N") },
+  { "json", 'j', 0, G_OPTION_ARG_NONE, &opt_json, N_("print the result as one line of JSON"), NULL },
+  { "cache", 0, 0, G_OPTION_ARG_NONE, &opt_cache, N_("the server is a cache (memcached): one key per connection, a get returns the last set"), NULL },
+  { "key-prefix", 'k', 0, G_OPTION_ARG_STRING, &opt_prefix, N_("queue/key name prefix (default \"bench\")"), N_("PREFIX") },
+  { "timeout", 0, 0, G_OPTION_ARG_DOUBLE, &opt_timeout, N_("seconds a connection may wait for a reply before it is dropped (default 10)"), N_("SECONDS") },
+  { "quiet", 0, 0, G_OPTION_ARG_NONE, &opt_quiet, N_("do not print error details, only count them"), NULL },
+  { "version", 'V', 0, G_OPTION_ARG_NONE, &opt_version, N_("print the version and exit"), NULL },
   { NULL }
 };
+
+static G_NORETURN void usage_error (const char *fmt, ...) G_GNUC_PRINTF (1, 2);
 
 static G_NORETURN void
 usage_error (const char *fmt, ...)
@@ -179,6 +183,30 @@ connect_one (const struct sockaddr *sa, socklen_t salen, int family, char *err, 
   return fd;
 }
 
+/* Terminal columns a string takes (translated labels may be CJK, two each). */
+static guint
+display_width (const char *s)
+{
+  guint w = 0;
+
+  if (!g_utf8_validate (s, -1, NULL))
+    return (guint) strlen (s);
+  for (const char *p = s; *p; p = g_utf8_next_char (p))
+    {
+      gunichar ch = g_utf8_get_char (p);
+      w += g_unichar_iswide (ch) ? 2 : g_unichar_iszerowidth (ch) ? 0 : 1;
+    }
+  return w;
+}
+
+/* "  label   " of the text report: the values start three columns after
+ * the widest label. */
+static void
+label (const char *text, guint width)
+{
+  printf ("  %s%*s", text, (int) (width + 3 - display_width (text)), "");
+}
+
 static void
 json_str (GString *out, const char *s)
 {
@@ -200,14 +228,16 @@ int
 main (int argc, char **argv)
 {
   g_autoptr (GError) error = NULL;
-  GOptionContext *ctx = g_option_context_new ("- load generator and verifier for memcacheq");
-  g_option_context_add_main_entries (ctx, entries, NULL);
+  mcq_i18n_init ();
+  GOptionContext *ctx = g_option_context_new (N_("- load generator and verifier for memcacheq"));
+  g_option_context_set_translation_domain (ctx, GETTEXT_PACKAGE);
+  g_option_context_add_main_entries (ctx, entries, GETTEXT_PACKAGE);
   g_option_context_set_summary (ctx,
-      "Measure a message queue server: ops/s, latency percentiles, errors and\n"
-      "server CPU per operation, verifying every message read back.");
-  g_option_context_set_description (ctx, DESCRIPTION);
+      N_("Measure a message queue server: ops/s, latency percentiles, errors and\n"
+         "server CPU per operation, verifying every message read back."));
+  g_option_context_set_description (ctx, description);
   if (!g_option_context_parse (ctx, &argc, &argv, &error))
-    usage_error ("%s (see --help)", error->message);
+    usage_error (_("%s (see --help)"), error->message);
   g_option_context_free (ctx);
   if (opt_version)
     {
@@ -215,7 +245,7 @@ main (int argc, char **argv)
       return 0;
     }
   if (argc > 1)
-    usage_error ("unexpected argument \"%s\" (see --help)", argv[1]);
+    usage_error (_("unexpected argument \"%s\" (see --help)"), argv[1]);
 
   /* ---- validate ---- */
   if (!opt_protocol || strcmp (opt_protocol, "memcache") == 0)
@@ -223,7 +253,7 @@ main (int argc, char **argv)
   else if (strcmp (opt_protocol, "redis") == 0)
     cfg.protocol = PROTO_REDIS;
   else
-    usage_error ("--protocol: \"%s\": expected memcache or redis", opt_protocol);
+    usage_error (_("--protocol: \"%s\": expected memcache or redis"), opt_protocol);
   if (!opt_mix || strcmp (opt_mix, "setget") == 0)
     cfg.mix = MIX_SETGET;
   else if (strcmp (opt_mix, "set") == 0)
@@ -231,42 +261,43 @@ main (int argc, char **argv)
   else if (strcmp (opt_mix, "get") == 0)
     cfg.mix = MIX_GET;
   else
-    usage_error ("--mix: \"%s\": expected set, get or setget", opt_mix);
+    usage_error (_("--mix: \"%s\": expected set, get or setget"), opt_mix);
   if (opt_conns < 1 || (guint) opt_conns >= MSG_MAX_PRODUCERS)
-    usage_error ("--connections: %d: expected 1 to %u", opt_conns, MSG_MAX_PRODUCERS - 1);
+    usage_error (_("--connections: %d: expected 1 to %u"), opt_conns, MSG_MAX_PRODUCERS - 1);
   if (opt_queues < 1 || (guint) opt_queues > MSG_MAX_QUEUES)
-    usage_error ("--queues: %d: expected 1 to %u", opt_queues, MSG_MAX_QUEUES);
+    usage_error (_("--queues: %d: expected 1 to %u"), opt_queues, MSG_MAX_QUEUES);
   if (opt_size < MSG_MIN_SIZE || opt_size > 256 * 1024 * 1024)
-    usage_error ("--size: %" G_GINT64_FORMAT ": expected %d to %d bytes", opt_size, MSG_MIN_SIZE, 256 * 1024 * 1024);
+    usage_error (_("--size: %lld: expected %d to %d bytes"), (long long) opt_size, MSG_MIN_SIZE,
+                 256 * 1024 * 1024);
   if (opt_pipeline < 1 || opt_pipeline > 4096)
-    usage_error ("--pipeline: %d: expected 1 to 4096", opt_pipeline);
+    usage_error (_("--pipeline: %d: expected 1 to 4096"), opt_pipeline);
   if (opt_requests < 0)
-    usage_error ("--requests: %" G_GINT64_FORMAT ": expected a positive count", opt_requests);
+    usage_error (_("--requests: %lld: expected a positive count"), (long long) opt_requests);
   if (opt_requests > 0 && opt_duration >= 0)
-    usage_error ("--duration and --requests exclude each other");
+    usage_error (_("--duration and --requests exclude each other"));
   if (opt_requests == 0 && opt_duration < 0)
     opt_duration = 10;
   if (opt_requests == 0 && !(opt_duration > 0 && opt_duration < 1e7))
-    usage_error ("--duration: %g: expected a positive number of seconds", opt_duration);
+    usage_error (_("--duration: %g: expected a positive number of seconds"), opt_duration);
   if (opt_warmup < 0)
     opt_warmup = opt_requests > 0 ? 0 : 1;
   if (!(opt_warmup < 1e7))
-    usage_error ("--warmup: %g: expected seconds", opt_warmup);
+    usage_error (_("--warmup: %g: expected seconds"), opt_warmup);
   if (!(opt_timeout > 0 && opt_timeout < 1e7))
-    usage_error ("--timeout: %g: expected a positive number of seconds", opt_timeout);
+    usage_error (_("--timeout: %g: expected a positive number of seconds"), opt_timeout);
   if (opt_threads < 0 || opt_threads > 1024)
-    usage_error ("--threads: %d: expected 1 to 1024", opt_threads);
+    usage_error (_("--threads: %d: expected 1 to 1024"), opt_threads);
   if (opt_pid < 0 || (opt_pid > 0 && proc_cpu_us (opt_pid) < 0))
-    usage_error ("--pid: %d: no such process (cannot read /proc/%d/stat)", opt_pid, opt_pid);
+    usage_error (_("--pid: %d: no such process (cannot read /proc/%d/stat)"), opt_pid, opt_pid);
   if (opt_cache && cfg.protocol != PROTO_MEMCACHE)
-    usage_error ("--cache needs --protocol=memcache");
+    usage_error (_("--cache needs --protocol=memcache"));
   cfg.prefix = opt_prefix ? opt_prefix : "bench";
   if (strlen (cfg.prefix) > 200 || strpbrk (cfg.prefix, " \r\n\t"))
-    usage_error ("--key-prefix: at most 200 characters and no white space");
+    usage_error (_("--key-prefix: at most 200 characters and no white space"));
   if (opt_unix && (opt_server || opt_port >= 0))
-    usage_error ("--unix excludes --server and --port");
+    usage_error (_("--unix excludes --server and --port"));
   if (opt_port > 65535 || opt_port == 0)
-    usage_error ("--port: %d: expected 1 to 65535", opt_port);
+    usage_error (_("--port: %d: expected 1 to 65535"), opt_port);
 
   cfg.conns = (unsigned) opt_conns;
   cfg.queues = (unsigned) opt_queues;
@@ -296,7 +327,7 @@ main (int argc, char **argv)
       struct sockaddr_un *sun = (struct sockaddr_un *) &ss;
       memset (sun, 0, sizeof *sun);
       if (strlen (opt_unix) >= sizeof sun->sun_path)
-        usage_error ("--unix: path too long");
+        usage_error (_("--unix: path too long"));
       sun->sun_family = AF_UNIX;
       strcpy (sun->sun_path, opt_unix);
       sslen = sizeof *sun;
@@ -339,7 +370,9 @@ main (int argc, char **argv)
       int fd = connect_one ((struct sockaddr *) &ss, sslen, family, err, sizeof err);
       if (fd < 0)
         {
-          fprintf (stderr, "memcacheq-bench: cannot connect to %s (connection %u): %s\n", target, i, err);
+          fputs ("memcacheq-bench: ", stderr);
+          fprintf (stderr, _("cannot connect to %s (connection %u): %s"), target, i, err);
+          fputs ("\n", stderr);
           return 2;
         }
       Conn *c = conn_new (i, fd);
@@ -469,37 +502,63 @@ main (int argc, char **argv)
     }
   else
     {
-      printf ("memcacheq-bench %s: %s %s, %u connection(s), %u thread(s), %u queue(s), %zu-byte messages, mix %s, pipeline %u%s\n",
+      /* TRANSLATORS: the report's labels; the values are lined up after the
+       * widest one. */
+      const char *l_measured = _("measured"), *l_throughput = _("throughput"),
+                 *l_foreign = _("foreign"), *l_latency = _("latency"), *l_errors = _("errors"),
+                 *l_server = _("server CPU"), *l_bench = _("bench CPU");
+      const char *all[] = { l_measured, l_throughput, l_foreign, l_latency, l_errors, l_server, l_bench };
+      guint width = 0;
+
+      for (guint i = 0; i < G_N_ELEMENTS (all); i++)
+        width = MAX (width, display_width (all[i]));
+      printf (_("memcacheq-bench %s: %s %s, %u connection(s), %u thread(s), %u queue(s), "
+                "%zu-byte messages, mix %s, pipeline %u%s\n"),
               MCQ_VERSION, proto, target, cfg.conns, cfg.threads, cfg.queues, cfg.size, mixes[cfg.mix],
-              cfg.pipeline, cfg.cache ? ", cache semantics" : "");
-      printf ("  measured     %.3f s after %.1f s of warm-up\n", secs, opt_warmup);
-      printf ("  throughput   %.0f ops/s (%" G_GUINT64_FORMAT " ops: %" G_GUINT64_FORMAT " sets, %"
-              G_GUINT64_FORMAT " gets: %" G_GUINT64_FORMAT " hits, %" G_GUINT64_FORMAT " empty)\n",
-              rate, ops, sets, gets, hits, misses);
+              cfg.pipeline, cfg.cache ? _(", cache semantics") : "");
+      label (l_measured, width);
+      printf (_("%.3f s after %.1f s of warm-up\n"), secs, opt_warmup);
+      label (l_throughput, width);
+      printf (_("%.0f ops/s (%llu ops: %llu sets, %llu gets: %llu hits, %llu empty)\n"),
+              rate, (unsigned long long) ops, (unsigned long long) sets, (unsigned long long) gets,
+              (unsigned long long) hits, (unsigned long long) misses);
       if (foreign)
-        printf ("  foreign      %" G_GUINT64_FORMAT " messages of other runs read (well formed)\n", foreign);
-      printf ("  latency      p50 %.1f µs   p99 %.1f µs   p99.9 %.1f µs   max %.1f µs   mean %.1f µs\n",
+        {
+          label (l_foreign, width);
+          printf (_("%llu messages of other runs read (well formed)\n"), (unsigned long long) foreign);
+        }
+      label (l_latency, width);
+      printf (_("p50 %.1f µs   p99 %.1f µs   p99.9 %.1f µs   max %.1f µs   mean %.1f µs\n"),
               p50, p99, p999, pmax, mean);
-      printf ("  errors       %" G_GUINT64_FORMAT, errors);
+      label (l_errors, width);
+      printf ("%llu", (unsigned long long) errors);
       if (lost)
-        printf (" (%" G_GUINT64_FORMAT " connection(s) dropped)", lost);
+        printf (_(" (%llu connection(s) dropped)"), (unsigned long long) lost);
       printf ("\n");
       if (opt_pid)
         {
+          label (l_server, width);
           if (srv_us_op >= 0)
-            printf ("  server CPU   %.2f µs/op (pid %d: %.2f s user+system)\n", srv_us_op, opt_pid,
+            printf (_("%.2f µs/op (pid %d: %.2f s user+system)\n"), srv_us_op, opt_pid,
                     (srv1 - srv0) / 1e6);
           else
-            printf ("  server CPU   unknown (pid %d)\n", opt_pid);
+            printf (_("unknown (pid %d)\n"), opt_pid);
         }
-      printf ("  bench CPU    %.2f µs/op (%.0f%% of %u thread(s))\n", self_us_op, self_util * 100, cfg.threads);
+      label (l_bench, width);
+      printf (_("%.2f µs/op (%.0f%% of %u thread(s))\n"), self_us_op, self_util * 100, cfg.threads);
       if (self_util > 0.9)
-        printf ("  note: the bench's threads were busy %.0f%% of the time: it may be the bottleneck\n",
-                self_util * 100);
+        {
+          printf ("  ");
+          printf (_("note: the bench's threads were busy %.0f%% of the time: it may be the bottleneck\n"),
+                  self_util * 100);
+        }
     }
   fflush (stdout);
   if (errors && !opt_json)
-    fprintf (stderr, "memcacheq-bench: %" G_GUINT64_FORMAT " error(s)\n", errors);
+    {
+      fputs ("memcacheq-bench: ", stderr);
+      fprintf (stderr, _("%llu error(s)\n"), (unsigned long long) errors);
+    }
 
   for (unsigned i = 0; i < cfg.conns; i++)
     conn_free (g_conns[i]);

@@ -1,6 +1,7 @@
 /* msg.c — see msg.h. */
 #include "msg.h"
 
+#include <glib/gi18n.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,17 +128,18 @@ msg_verify (const char *body, size_t len, size_t want_size,
   return MSG_OK;
 }
 
+/* The reasons are marked for translation; the caller translates them with _(). */
 const char *
 msg_status_str (MsgStatus s)
 {
   switch (s)
     {
     case MSG_OK: return "ok";
-    case MSG_BAD_SIZE: return "wrong size";
-    case MSG_BAD_HEADER: return "malformed header";
-    case MSG_BAD_CHECK: return "header check mismatch";
-    case MSG_BAD_FILLER: return "corrupt body";
-    case MSG_BAD_FLAGS: return "wrong flags";
+    case MSG_BAD_SIZE: return N_("wrong size");
+    case MSG_BAD_HEADER: return N_("malformed header");
+    case MSG_BAD_CHECK: return N_("header check mismatch");
+    case MSG_BAD_FILLER: return N_("corrupt body");
+    case MSG_BAD_FLAGS: return N_("wrong flags");
     }
   return "?";
 }

@@ -26,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../i18n.h"
+
 enum { P_NEED, P_DONE, P_FATAL };
 enum { RES_OK, RES_HIT, RES_MISS, RES_ERR };
 
@@ -39,6 +41,8 @@ now_ns (void)
   return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
 }
 
+static void report (Conn *c, const char *fmt, ...) G_GNUC_PRINTF (2, 3);
+
 static void
 report (Conn *c, const char *fmt, ...)
 {
@@ -49,12 +53,15 @@ report (Conn *c, const char *fmt, ...)
   va_start (ap, fmt);
   vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
-  fprintf (stderr, "memcacheq-bench: connection %u (%.*s): %s\n",
-           c->id, (int) c->keylen, c->key, msg);
+  fputs ("memcacheq-bench: ", stderr);
+  /* TRANSLATORS: the connection's number and its queue (or key), then what went wrong. */
+  fprintf (stderr, _("connection %u (%.*s): %s\n"), c->id, (int) c->keylen, c->key, msg);
 }
 
 /* A wrong or unexpected reply: counted, the connection goes on. */
 #define bench_error(c, ...) do { (c)->w->errors++; report ((c), __VA_ARGS__); } while (0)
+
+static void conn_fail (Conn *c, const char *fmt, ...) G_GNUC_PRINTF (2, 3);
 
 static void
 conn_fail (Conn *c, const char *fmt, ...)
@@ -68,7 +75,7 @@ conn_fail (Conn *c, const char *fmt, ...)
   va_end (ap);
   c->w->errors++;
   c->w->conns_lost++;
-  report (c, "%s; connection dropped with %u request(s) outstanding", msg, c->scount);
+  report (c, _("%s; connection dropped with %u request(s) outstanding"), msg, c->scount);
   c->dead = true;
   if (!c->finished)
     c->w->active--;
@@ -300,7 +307,7 @@ conn_flush (Conn *c)
             }
           return;
         }
-      conn_fail (c, "send: %s", n < 0 ? strerror (errno) : "no progress");
+      conn_fail (c, "send: %s", n < 0 ? strerror (errno) : _("no progress"));
       return;
     }
   c->wpos = c->wlen = 0;
@@ -323,13 +330,13 @@ check_value (Conn *c, Slot *s, const char *body, size_t len, bool have_flags, ui
   if (st != MSG_OK)
     {
       char ex[96];
-      bench_error (c, "get: %s (%zu bytes: \"%s\")", msg_status_str (st), len,
+      bench_error (c, _("get: %s (%zu bytes: \"%s\")"), _(msg_status_str (st)), len,
                    excerpt (body, len < 48 ? len : 48, ex, sizeof ex));
       return RES_ERR;
     }
   if (id.queue != c->queue)
     {
-      bench_error (c, "get: message of queue %u read from queue %u", id.queue, c->queue);
+      bench_error (c, _("get: message of queue %u read from queue %u"), id.queue, c->queue);
       return RES_ERR;
     }
   if (id.tag != cfg.tag)
@@ -337,7 +344,7 @@ check_value (Conn *c, Slot *s, const char *body, size_t len, bool have_flags, ui
       /* Written by another run (e.g. a fill): well formed, nothing more to check. */
       if (cfg.cache && s->expect_valid)
         {
-          bench_error (c, "get: value of another run, expected the one just set");
+          bench_error (c, _("get: value of another run, expected the one just set"));
           return RES_ERR;
         }
       if (s->measured)
@@ -346,13 +353,13 @@ check_value (Conn *c, Slot *s, const char *body, size_t len, bool have_flags, ui
     }
   if (id.producer >= g_nconns)
     {
-      bench_error (c, "get: message names producer %u, there are %u", id.producer, g_nconns);
+      bench_error (c, _("get: message names producer %u, there are %u"), id.producer, g_nconns);
       return RES_ERR;
     }
   Conn *p = g_conns[id.producer];
   if (id.seq >= atomic_load_explicit (&p->issued, memory_order_acquire))
     {
-      bench_error (c, "get: message %u/%llu was never sent", id.producer,
+      bench_error (c, _("get: message %u/%llu was never sent"), id.producer,
                    (unsigned long long) id.seq);
       return RES_ERR;
     }
@@ -360,7 +367,7 @@ check_value (Conn *c, Slot *s, const char *body, size_t len, bool have_flags, ui
     {
       if (!s->expect_valid || id.producer != c->id || id.seq != s->expect_seq)
         {
-          bench_error (c, "get: stale value %u/%llu, expected %u/%llu", id.producer,
+          bench_error (c, _("get: stale value %u/%llu, expected %u/%llu"), id.producer,
                        (unsigned long long) id.seq, c->id, (unsigned long long) s->expect_seq);
           return RES_ERR;
         }
@@ -374,7 +381,7 @@ check_value (Conn *c, Slot *s, const char *body, size_t len, bool have_flags, ui
       uint64_t mask = UINT64_C (1) << (bit & 63);
       if (bits == NULL || (atomic_fetch_or_explicit (&bits[bit >> 6], mask, memory_order_relaxed) & mask))
         {
-          bench_error (c, "get: message %u/%llu delivered twice", id.producer,
+          bench_error (c, _("get: message %u/%llu delivered twice"), id.producer,
                        (unsigned long long) id.seq);
           return RES_ERR;
         }
@@ -412,7 +419,7 @@ parse_memcache (Conn *c, Slot *s, int *result)
     {
       if (avail > c->keylen + 128)
         {
-          conn_fail (c, "reply line too long: \"%s\"", excerpt (p, 80, ex, sizeof ex));
+          conn_fail (c, _("reply line too long: \"%s\""), excerpt (p, 80, ex, sizeof ex));
           return P_FATAL;
         }
       return P_NEED;
@@ -425,7 +432,7 @@ parse_memcache (Conn *c, Slot *s, int *result)
         *result = RES_OK;
       else
         {
-          bench_error (c, "set: unexpected reply \"%s\"", excerpt (p, linelen, ex, sizeof ex));
+          bench_error (c, _("set: unexpected reply \"%s\""), excerpt (p, linelen, ex, sizeof ex));
           *result = RES_ERR;
         }
       c->rpos += linelen;
@@ -461,12 +468,12 @@ parse_memcache (Conn *c, Slot *s, int *result)
       if (nf != 3 || q != le || !parse_uint (f[1], fe[1], &flags) || flags > UINT32_MAX
           || !parse_uint (f[2], fe[2], &bytes))
         {
-          conn_fail (c, "get: malformed VALUE line \"%s\"", excerpt (p, linelen, ex, sizeof ex));
+          conn_fail (c, _("get: malformed VALUE line \"%s\""), excerpt (p, linelen, ex, sizeof ex));
           return P_FATAL;
         }
       if (bytes > cfg.size)
         {
-          conn_fail (c, "get: VALUE of %llu bytes, expected %zu", (unsigned long long) bytes, cfg.size);
+          conn_fail (c, _("get: VALUE of %llu bytes, expected %zu"), (unsigned long long) bytes, cfg.size);
           return P_FATAL;
         }
       size_t need = linelen + bytes + 2 + 5;
@@ -475,13 +482,13 @@ parse_memcache (Conn *c, Slot *s, int *result)
       const char *data = p + linelen;
       if (memcmp (data + bytes, "\r\nEND\r\n", 7) != 0)
         {
-          conn_fail (c, "get: VALUE block not followed by \\r\\nEND\\r\\n: \"%s\"",
+          conn_fail (c, _("get: VALUE block not followed by \\r\\nEND\\r\\n: \"%s\""),
                      excerpt (data + bytes, 7, ex, sizeof ex));
           return P_FATAL;
         }
       if ((size_t) (fe[0] - f[0]) != c->keylen || memcmp (f[0], c->key, c->keylen) != 0)
         {
-          bench_error (c, "get: VALUE for key \"%s\"",
+          bench_error (c, _("get: VALUE for key \"%s\""),
                        excerpt (f[0], (size_t) (fe[0] - f[0]), ex, sizeof ex));
           *result = RES_ERR;
         }
@@ -490,7 +497,7 @@ parse_memcache (Conn *c, Slot *s, int *result)
       c->rpos += need;
       return P_DONE;
     }
-  bench_error (c, "get: unexpected reply \"%s\"", excerpt (p, linelen, ex, sizeof ex));
+  bench_error (c, _("get: unexpected reply \"%s\""), excerpt (p, linelen, ex, sizeof ex));
   c->rpos += linelen;
   *result = RES_ERR;
   return P_DONE;
@@ -507,7 +514,7 @@ parse_redis (Conn *c, Slot *s, int *result)
     {
       if (avail > 512)
         {
-          conn_fail (c, "reply line too long: \"%s\"", excerpt (p, 80, ex, sizeof ex));
+          conn_fail (c, _("reply line too long: \"%s\""), excerpt (p, 80, ex, sizeof ex));
           return P_FATAL;
         }
       return P_NEED;
@@ -515,12 +522,12 @@ parse_redis (Conn *c, Slot *s, int *result)
   size_t linelen = (size_t) (nl - p) + 1;
   if (linelen < 3 || nl[-1] != '\r')
     {
-      conn_fail (c, "malformed RESP reply \"%s\"", excerpt (p, linelen, ex, sizeof ex));
+      conn_fail (c, _("malformed RESP reply \"%s\""), excerpt (p, linelen, ex, sizeof ex));
       return P_FATAL;
     }
   if (p[0] == '-')
     {
-      bench_error (c, "%s: error reply \"%s\"", s->op == OP_SET ? "RPUSH" : "LPOP",
+      bench_error (c, _("%s: error reply \"%s\""), s->op == OP_SET ? "RPUSH" : "LPOP",
                    excerpt (p, linelen, ex, sizeof ex));
       c->rpos += linelen;
       *result = RES_ERR;
@@ -531,7 +538,7 @@ parse_redis (Conn *c, Slot *s, int *result)
       uint64_t n;
       if (p[0] != ':' || !parse_uint (p + 1, nl - 1, &n))
         {
-          conn_fail (c, "RPUSH: unexpected reply \"%s\"", excerpt (p, linelen, ex, sizeof ex));
+          conn_fail (c, _("RPUSH: unexpected reply \"%s\""), excerpt (p, linelen, ex, sizeof ex));
           return P_FATAL;
         }
       c->rpos += linelen;
@@ -547,12 +554,12 @@ parse_redis (Conn *c, Slot *s, int *result)
   uint64_t bytes;
   if (p[0] != '$' || !parse_uint (p + 1, nl - 1, &bytes))
     {
-      conn_fail (c, "LPOP: unexpected reply \"%s\"", excerpt (p, linelen, ex, sizeof ex));
+      conn_fail (c, _("LPOP: unexpected reply \"%s\""), excerpt (p, linelen, ex, sizeof ex));
       return P_FATAL;
     }
   if (bytes > cfg.size)
     {
-      conn_fail (c, "LPOP: value of %llu bytes, expected %zu", (unsigned long long) bytes, cfg.size);
+      conn_fail (c, _("LPOP: value of %llu bytes, expected %zu"), (unsigned long long) bytes, cfg.size);
       return P_FATAL;
     }
   size_t need = linelen + bytes + 2;
@@ -560,7 +567,7 @@ parse_redis (Conn *c, Slot *s, int *result)
     return P_NEED;
   if (memcmp (p + linelen + bytes, "\r\n", 2) != 0)
     {
-      conn_fail (c, "LPOP: bulk string not followed by \\r\\n");
+      conn_fail (c, _("LPOP: bulk string not followed by \\r\\n"));
       return P_FATAL;
     }
   *result = check_value (c, s, p + linelen, bytes, false, 0);
@@ -585,13 +592,13 @@ conn_readable (Conn *c)
     }
   if (c->rlen == c->rcap)
     {
-      conn_fail (c, "reply larger than the read buffer (%zu bytes)", c->rcap);
+      conn_fail (c, _("reply larger than the read buffer (%zu bytes)"), c->rcap);
       return;
     }
   ssize_t n = recv (c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
   if (n == 0)
     {
-      conn_fail (c, "connection closed by the server");
+      conn_fail (c, _("connection closed by the server"));
       return;
     }
   if (n < 0)
@@ -611,7 +618,7 @@ conn_readable (Conn *c)
       if (c->scount == 0)
         {
           char ex[160];
-          conn_fail (c, "unsolicited data from the server: \"%s\"",
+          conn_fail (c, _("unsolicited data from the server: \"%s\""),
                      excerpt (c->rbuf + c->rpos, c->rlen - c->rpos > 60 ? 60 : c->rlen - c->rpos,
                               ex, sizeof ex));
           return;
@@ -630,7 +637,7 @@ conn_readable (Conn *c)
         {
           /* Every get follows its connection's own set, so a queue (or a
            * cache) can never be empty here: a miss is a lost message. */
-          bench_error (c, "get: empty reply although a message was stored before");
+          bench_error (c, _("get: empty reply although a message was stored before"));
           result = RES_ERR;
         }
       if (result == RES_ERR || !s->measured || phase != PHASE_MEASURE)
@@ -718,7 +725,7 @@ worker_main (void *arg)
                   conn_flush (c);
                 }
               else if (now - c->last_activity > timeout_ns)
-                conn_fail (c, "no reply within %.1f s", cfg.timeout);
+                conn_fail (c, _("no reply within %.1f s"), cfg.timeout);
             }
         }
     }
