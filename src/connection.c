@@ -646,9 +646,12 @@ conn_update (McqConnection *c)
       conn_close (c);
       return;
     }
-  /* Input parked while the pipeline was full can be parsed now. */
-  if (c->in != NULL && may_parse (c))
+  /* Input parked while the pipeline was full can be parsed now; keep
+   * going while it makes progress, since requests answered on the spot
+   * (version, errors) complete no store op that would bring us back. */
+  while (c->in != NULL && may_parse (c))
     {
+      size_t before = c->in->len - c->in_off;
       conn_process_input (c);
       conn_release_replies (c);
       if (!conn_write (c))
@@ -656,6 +659,8 @@ conn_update (McqConnection *c)
           conn_close (c);
           return;
         }
+      if (c->in != NULL && c->in->len - c->in_off == before)
+        break;
     }
   if ((c->read_closed || c->draining) && g_queue_is_empty (&c->slots) && out_pending (c) == 0 &&
       (c->read_closed || (c->in == NULL && c->discard == 0 && !c->skip_line)))

@@ -272,6 +272,9 @@ mcq_options_warnings (const McqOptions *o)
   if (given (o, 'D'))
     g_ptr_array_add (w, g_strdup (_("-D/--deadlock-interval is ignored: deadlocks are detected "
                                     "as soon as a lock conflict happens")));
+  if (o->log_auto_remove)
+    g_ptr_array_add (w, g_strdup (_("-R/--auto-remove-logs is always on: log files that recovery "
+                                    "no longer needs are removed after every checkpoint")));
   return w;
 }
 

@@ -7,6 +7,7 @@
 #include <db.h>
 #include <errno.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 /*
  * Layout.
@@ -50,6 +51,13 @@
 #define BATCH_MAX 1024
 #define PURGE_CHUNK 512
 #define CHECKPOINT_LOG_KB (16 * 1024)
+/* Log files are kept small so that the space held back below covers a
+ * whole new one. */
+#define LOG_FILE_BYTES (2 * 1024 * 1024)
+/* Free space below which sets are refused, so that gets, deletes and
+ * checkpoints (which all write log records) keep working on a full disk,
+ * and a restart still has room to recover. */
+#define DISK_RESERVE_BYTES (3 * LOG_FILE_BYTES)
 
 typedef struct {
   char *name;
@@ -89,6 +97,7 @@ struct _McqStore {
   guint seg_epoch;
   guint32 seg_next_id;
   guint64 seg_depth;
+  guint64 seg_bytes;           /* log volume the segment adds (estimate) */
 
   GAsyncQueue *inbox;          /* chains of ops (linked by McqOp.chain) */
   McqOp *outbox, **outbox_tail;/* main thread: submitted, not yet handed over */
@@ -114,6 +123,9 @@ struct _McqStore {
   gpointer watch_data;
 
   gint pending;                /* atomic */
+  guint64 log_debt;            /* atomic: bytes committed since the last checkpoint */
+  gint space_pressure;         /* atomic: sets are being refused for lack of space */
+  GMutex ckp_lock;             /* one checkpoint (and log_debt settlement) at a time */
   guint64 queue_count;         /* atomic snapshots for status lines */
   guint64 total_depth;
 };
@@ -235,6 +247,13 @@ open_db (McqStore *s, DB **out, const char *file, GError **error)
   if (ret != 0)
     {
       db->close (db, 0);
+      if (ret == EINVAL || ret == DB_OLD_VERSION)
+        {
+          g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                       "%s is not a memcacheq database (corrupt, or another kind of file): %s",
+                       file, db_strerror (ret));
+          return FALSE;
+        }
       return db_fail (ret, error, file);
     }
   *out = db;
@@ -414,8 +433,12 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
   /* Commits never sync on their own: durable mode syncs whole batches
    * with log_flush, -N never does. */
   env->set_flags (env, DB_TXN_NOSYNC, 1);
-  if (cfg->log_auto_remove)
-    env->log_set_config (env, DB_LOG_AUTO_REMOVE, 1);
+  /* Log files no longer needed for recovery are removed after each
+   * checkpoint, always (memcacheq 0.2.1 did it only with -R): a queue's
+   * disk use must follow its depth, or a full disk could never be freed
+   * by consuming messages. */
+  env->log_set_config (env, DB_LOG_AUTO_REMOVE, 1);
+  env->set_lg_max (env, MAX (LOG_FILE_BYTES, 4 * cfg->log_buffer_bytes));
 
   /* DB_PRIVATE: one process owns the environment (the home lock makes sure
    * of it), so its regions live in our heap instead of shared files.
@@ -452,6 +475,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
       g_hash_table_destroy (s->queues);
       g_hash_table_destroy (s->dirty);
       g_hash_table_destroy (s->published);
+      g_array_unref (s->seg_undo);
       g_mutex_clear (&s->pub_lock);
       g_free (s->cfg.home);
       return NULL;
@@ -465,6 +489,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
   g_source_set_priority (s->flusher, G_PRIORITY_HIGH);
   g_source_attach (s->flusher, NULL);
   g_mutex_init (&s->maint_lock);
+  g_mutex_init (&s->ckp_lock);
   g_cond_init (&s->maint_cond);
   s->sync_inbox = g_async_queue_new ();
   s->sync = g_thread_new ("mcq-sync", sync_thread, s);
@@ -670,6 +695,7 @@ seg_begin (McqStore *s, GError **error)
   g_array_set_size (s->seg_undo, 0);
   s->seg_next_id = s->next_id;
   s->seg_depth = s->depth;
+  s->seg_bytes = 0;
   return begin (s, &s->seg_txn, error);
 }
 
@@ -754,6 +780,7 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
   for (guint i = 0; i < s->seg_undo->len; i++)
     mark_dirty (s, g_array_index (s->seg_undo, Undo, i).q->name);
   g_array_set_size (s->seg_undo, 0);
+  __atomic_add_fetch (&s->log_debt, s->seg_bytes, __ATOMIC_RELAXED);
   return TRUE;
 }
 
@@ -787,6 +814,7 @@ seg_set (McqStore *s, McqOp *op)
   q->enqueued++;
   q->bytes += op->body->len - MSG_HEADER_SIZE;
   s->depth++;
+  s->seg_bytes += op->body->len + 128;
   return TRUE;
 }
 
@@ -838,6 +866,7 @@ seg_get (McqStore *s, McqOp *op)
       q->dequeued++;
       q->bytes -= MIN (q->bytes, m->len);
       s->depth--;
+      s->seg_bytes += m->len + 128;   /* the removal logs the record */
       /* Seqs are contiguous, so the new head is (id, head): read just its
        * header to keep OldestMessageAge exact without a scan later. */
       q->head_time = q->head == q->tail ? 0 : read_enqueue_time (s, s->seg_txn, q->id, q->head);
@@ -878,10 +907,7 @@ run_segment (McqStore *s, McqOp **ops, guint n, u_int32_t flags)
         seg_abort (s);
     }
   for (i = 0; i < n; i++)
-    {
-      op_forget_results (ops[i]);
-      g_clear_error (&ops[i]->error);
-    }
+    op_forget_results (ops[i]);
   if (n == 1)
     {
       ops[0]->status = MCQ_OP_FAILED;
@@ -889,6 +915,8 @@ run_segment (McqStore *s, McqOp **ops, guint n, u_int32_t flags)
         ops[0]->error = g_steal_pointer (&error);
       return FALSE;
     }
+  for (i = 0; i < n; i++)
+    g_clear_error (&ops[i]->error);
   for (i = 0; i < n; i++)
     run_segment (s, &ops[i], 1, DB_TXN_NOSYNC);
   return FALSE;
@@ -970,6 +998,8 @@ run_stats_queue (McqStore *s, McqOp *op)
   g_array_sort (op->queue_stats, compare_stat);
 }
 
+static gboolean archive (McqStore *s, GError **error);
+
 static gboolean
 checkpoint (McqStore *s, GError **error)
 {
@@ -977,6 +1007,22 @@ checkpoint (McqStore *s, GError **error)
   if (ret != 0)
     return db_fail (ret, error, "checkpoint");
   return TRUE;
+}
+
+/* Checkpoints (and, with remove_logs, deletes the log files recovery no
+ * longer needs), then forgets the log debt the checkpoint covered. */
+static gboolean
+settle (McqStore *s, gboolean remove_logs, GError **error)
+{
+  gboolean ok;
+
+  g_mutex_lock (&s->ckp_lock);
+  guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED);
+  ok = remove_logs ? archive (s, error) : checkpoint (s, error);
+  if (ok)
+    __atomic_sub_fetch (&s->log_debt, debt, __ATOMIC_RELAXED);
+  g_mutex_unlock (&s->ckp_lock);
+  return ok;
 }
 
 static gboolean
@@ -1071,11 +1117,11 @@ run_op (McqStore *s, McqOp *op)
       run_stats_queue (s, op);
       break;
     case MCQ_OP_CHECKPOINT:
-      if (!checkpoint (s, &op->error))
+      if (!settle (s, FALSE, &op->error))
         op->status = MCQ_OP_FAILED;
       break;
     case MCQ_OP_ARCHIVE:
-      if (!archive (s, &op->error))
+      if (!settle (s, TRUE, &op->error))
         op->status = MCQ_OP_FAILED;
       break;
     default:
@@ -1145,7 +1191,45 @@ post (McqStore *s, McqOp *first, gboolean changed)
 static gboolean
 op_in_segment (const McqOp *op)
 {
-  return op->type == MCQ_OP_SET || op->type == MCQ_OP_GET;
+  return (op->type == MCQ_OP_SET || op->type == MCQ_OP_GET) && op->status != MCQ_OP_FAILED;
+}
+
+/* Once free space in the home falls under DISK_RESERVE_BYTES, sets fail
+ * up front (one statvfs per batch that has sets): what is left is kept for
+ * the gets that will free space again. */
+static void
+refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
+{
+  struct statvfs st;
+  guint64 avail, reserve;
+  guint i;
+
+  for (i = 0; i < n && batch[i]->type != MCQ_OP_SET; i++)
+    ;
+  if (i == n || statvfs (s->cfg.home, &st) != 0)
+    return;
+  avail = (guint64) st.f_bavail * st.f_frsize;
+  /* On a small filesystem hold back a quarter of it instead. */
+  reserve = MIN ((guint64) DISK_RESERVE_BYTES, (guint64) st.f_blocks * st.f_frsize / 4);
+  /* What sits in the cache and log but not yet in the database files will
+   * take that much space again when the next checkpoint writes it out. */
+  guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED);
+  if (avail >= reserve + debt)
+    {
+      g_atomic_int_set (&s->space_pressure, 0);
+      return;
+    }
+  g_atomic_int_set (&s->space_pressure, 1);
+  for (; i < n; i++)
+    if (batch[i]->type == MCQ_OP_SET)
+      {
+        batch[i]->status = MCQ_OP_FAILED;
+        g_clear_error (&batch[i]->error);
+        g_set_error (&batch[i]->error, G_IO_ERROR, G_IO_ERROR_NO_SPACE,
+                     "%" G_GUINT64_FORMAT " KiB free in the home directory, below the %"
+                     G_GUINT64_FORMAT " KiB kept for gets; new messages are refused until "
+                     "space is freed", avail / 1024, reserve / 1024);
+      }
 }
 
 static gpointer
@@ -1188,6 +1272,19 @@ store_thread (gpointer data)
           batch[n++] = op;
         }
 
+      /* Short of space, every batch that writes starts with a checkpoint
+       * and log removal: that is what turns consumed messages back into
+       * free space, and it keeps the gets that drain a full disk from
+       * filling it with their own log records. */
+      if (last_commit > 0 && g_atomic_int_get (&s->space_pressure) &&
+          __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) > 0)
+        {
+          g_autoptr(GError) err = NULL;
+          if (!settle (s, TRUE, &err))
+            g_debug ("checkpoint under space pressure: %s", err->message);
+        }
+      refuse_sets_if_disk_low (s, batch, n);
+
       /* Runs of sets and gets become segments (one transaction each); the
        * last commit of the batch writes the log to the kernel, so every
        * reply below is released only after its commit has left the
@@ -1209,7 +1306,8 @@ store_thread (gpointer data)
           else
             {
               s->commit_flags = DB_TXN_WRITE_NOSYNC;
-              run_op (s, batch[i]);
+              if (batch[i]->status != MCQ_OP_FAILED)   /* else refused above */
+                run_op (s, batch[i]);
               if (op_commits (batch[i]))
                 unwritten = batch[i]->status == MCQ_OP_FAILED;
               i++;
@@ -1340,25 +1438,24 @@ maint_thread (gpointer data)
             g_debug ("trickle wrote %d pages", wrote);
           next_trickle = now + s->cfg.trickle_interval_s * G_USEC_PER_SEC;
         }
-      /* Besides the -C timer, checkpoint whenever CHECKPOINT_LOG_KB of log
-       * has accumulated: recovery after a crash replays the log written
-       * since the last checkpoint, so this bounds the restart time
-       * however fast messages arrive.  BDB skips the call when less log
-       * has been written. */
-      if (now < next_ckp)
-        {
-          int ret = s->env->txn_checkpoint (s->env, CHECKPOINT_LOG_KB, 0, 0);
-          if (ret != 0)
-            g_warning ("checkpoint: %s", db_strerror (ret));
-        }
-      else
+      /* Besides the -C timer, checkpoint whenever CHECKPOINT_LOG_KB of
+       * log has accumulated (recovery after a crash replays the log written
+       * since the last checkpoint, so this bounds the restart time however
+       * fast messages arrive), and at once while sets are refused for
+       * space: the checkpoint lets old log files be removed. */
+      guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED);
+      gboolean due = now >= next_ckp || debt >= CHECKPOINT_LOG_KB * (guint64) 1024 ||
+                     (g_atomic_int_get (&s->space_pressure) && debt > 0);
+      if (due)
         {
           g_autoptr(GError) err = NULL;
-          if (!checkpoint (s, &err))
+          if (!settle (s, FALSE, &err))
             g_warning ("%s", err->message);
           else
             g_debug ("checkpoint done");
-          next_ckp = now + s->cfg.checkpoint_interval_s * G_USEC_PER_SEC;
+          if (now >= next_ckp)
+            next_ckp = s->cfg.checkpoint_interval_s ? now + s->cfg.checkpoint_interval_s * G_USEC_PER_SEC
+                                                    : G_MAXINT64;
         }
       g_mutex_lock (&s->maint_lock);
     }
@@ -1407,6 +1504,7 @@ mcq_store_close (McqStore *s)
   g_array_unref (s->seg_undo);
   g_mutex_clear (&s->pub_lock);
   g_mutex_clear (&s->maint_lock);
+  g_mutex_clear (&s->ckp_lock);
   g_cond_clear (&s->maint_cond);
   g_free (s->cfg.home);
   g_free (s);

@@ -495,3 +495,42 @@ def notify_socket():
     ns = NotifySocket()
     yield ns
     ns.close()
+
+
+# --------------------------------------------------------------------------------------
+# sanitizer reports (scripts/test runs the suite against an ASan+UBSan daemon in CI)
+# --------------------------------------------------------------------------------------
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
+
+
+def sanitizer_reports(directory):
+    """{file name: first report lines} for every daemon stderr log under `directory`
+    (Daemon writes them there as *.stderr) that holds a sanitizer report."""
+    found = {}
+    for path in sorted(Path(directory).rglob("*.stderr")):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for marker in SANITIZER_MARKERS:
+            i = text.find(marker)
+            if i >= 0:
+                start = text.rfind("\n", 0, max(0, i - 200)) + 1
+                found[path.name] = text[start:start + 6000]
+                break
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_sanitizer_reports(tmp_path):
+    """Fails the test (as a teardown error) if a daemon it ran reported an
+    AddressSanitizer, UndefinedBehaviorSanitizer or LeakSanitizer finding.
+    Autouse fixtures are set up first and torn down last, so this runs after
+    make_daemon has stopped every daemon."""
+    yield
+    found = sanitizer_reports(tmp_path)
+    if found:
+        pytest.fail("sanitizer report(s) in the daemon's stderr:\n"
+                    + "\n".join("--- %s ---\n%s" % kv for kv in found.items()),
+                    pytrace=False)

@@ -88,6 +88,12 @@ test_set_errors (void)
   assert_error ("set q 0 0 1 noreply extra\r\n", "CLIENT_ERROR bad command line format\r\n");
   assert_error ("set q 0 0 1 maybe\r\n", "CLIENT_ERROR bad command line format\r\n");
   assert_error ("set q 0 0 99999999999999999999999\r\n", "CLIENT_ERROR bad command line format\r\n");
+  /* lengths whose "+ 2" for the trailing CRLF would wrap around */
+  assert_error ("set q 0 0 18446744073709551615\r\n", "CLIENT_ERROR bad command line format\r\n");
+  assert_error ("set q 0 0 18446744073709551614\r\n", "CLIENT_ERROR bad command line format\r\n");
+  r = parse ("set q 0 0 18446744073709551613\r\n", &req);
+  g_assert_cmpstr (r.error, ==, "SERVER_ERROR object too large for cache\r\n");
+  g_assert_cmpuint (r.discard, ==, G_MAXUINT64);
 
   /* a malformed line consumes only itself */
   r = parse ("set q 0 0 -1\r\nversion\r\n", &req);
