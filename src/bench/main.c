@@ -373,6 +373,15 @@ main (int argc, char **argv)
           fputs ("memcacheq-bench: ", stderr);
           fprintf (stderr, _("cannot connect to %s (connection %u): %s"), target, i, err);
           fputs ("\n", stderr);
+          for (unsigned j = 0; j < i; j++)
+            conn_free (g_conns[j]);
+          for (unsigned t = 0; t < cfg.threads; t++)
+            {
+              close (workers[t].ep);
+              free (workers[t].conns);
+            }
+          free (workers);
+          free (g_conns);
           return 2;
         }
       Conn *c = conn_new (i, fd);

@@ -6,6 +6,7 @@ The daemon binary is taken from $MEMCACHEQ_BIN, else <repo>/build/src/memcacheq.
 A missing binary makes every test fail (never skip).
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -534,3 +535,24 @@ def _no_sanitizer_reports(tmp_path):
         pytest.fail("sanitizer report(s) in the daemon's stderr:\n"
                     + "\n".join("--- %s ---\n%s" % kv for kv in found.items()),
                     pytrace=False)
+
+
+# --------------------------------------------------------------------------------------
+# small filesystems (disk-full and read-only tests)
+# --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def mounted_tmpfs(mnt, size, why):
+    """Mounts a tmpfs of `size` on the (new) directory `mnt` for the duration
+    of the block; skips with `why` when not root, since only root can mount."""
+    if os.geteuid() != 0:
+        pytest.skip(why)
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % size,
+                          "tmpfs", str(mnt)], capture_output=True, text=True)
+    assert res.returncode == 0, "mount tmpfs failed: %s" % res.stderr
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

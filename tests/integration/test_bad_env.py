@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from conftest import mounted_tmpfs
+
 START_LIMIT = 20.0
 
 
@@ -158,16 +160,9 @@ def test_truncated_log_tail_recovers_every_message(make_daemon, tmp_path):
 
 @pytest.fixture
 def tmpfs_dir(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs (chmod does not stop root)")
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    yield mnt
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with mounted_tmpfs(tmp_path / "ro", "8m",
+                       "needs root to mount a tmpfs (chmod does not stop root)") as mnt:
+        yield mnt
 
 
 def remount(mnt, how):

@@ -28,11 +28,12 @@ Needs root (mount); skipped otherwise.
 """
 
 import hashlib
-import os
 import signal
 import subprocess
 
 import pytest
+
+from conftest import mounted_tmpfs
 
 TMPFS_SIZE = "32m"
 BODY = 60000                   # bytes per message; ~500 fill 32 MiB
@@ -46,17 +47,9 @@ def body_for(i):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs as the state directory")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % TMPFS_SIZE,
-                          "tmpfs", str(mnt)], capture_output=True, text=True)
-    assert res.returncode == 0, "mount tmpfs failed: %s" % res.stderr
-    yield mnt
-    res = subprocess.run(["umount", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with mounted_tmpfs(tmp_path / "mnt", TMPFS_SIZE,
+                       "needs root to mount a small tmpfs as the state directory") as mnt:
+        yield mnt
 
 
 @pytest.fixture

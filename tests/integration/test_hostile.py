@@ -11,7 +11,6 @@ import stat
 import struct
 import threading
 import time
-from pathlib import Path
 
 import pytest
 

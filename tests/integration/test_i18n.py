@@ -19,7 +19,6 @@ run), and po/POTFILES.in lists every file that marks messages.
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
