@@ -37,7 +37,10 @@ def binary_path():
 
 
 def clean_env(extra=None):
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV and k != "LANGUAGE"}
+    # The tests read the daemon's English messages; a translated locale in
+    # the caller's environment must not change them (test_i18n sets its own).
+    env["LC_ALL"] = "C.UTF-8"
     if extra:
         env.update(extra)
     return env
