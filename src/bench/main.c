@@ -224,6 +224,22 @@ json_str (GString *out, const char *s)
   g_string_append_c (out, '"');
 }
 
+/* Closes and frees every connection opened so far (g_conns is zeroed
+ * past the last one) and the workers' epoll sets. */
+static void
+free_connections (Worker *workers, unsigned threads)
+{
+  for (unsigned i = 0; i < g_nconns; i++)
+    conn_free (g_conns[i]);
+  for (unsigned t = 0; t < threads; t++)
+    {
+      close (workers[t].ep);
+      free (workers[t].conns);
+    }
+  free (workers);
+  free (g_conns);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -373,15 +389,7 @@ main (int argc, char **argv)
           fputs ("memcacheq-bench: ", stderr);
           fprintf (stderr, _("cannot connect to %s (connection %u): %s"), target, i, err);
           fputs ("\n", stderr);
-          for (unsigned j = 0; j < i; j++)
-            conn_free (g_conns[j]);
-          for (unsigned t = 0; t < cfg.threads; t++)
-            {
-              close (workers[t].ep);
-              free (workers[t].conns);
-            }
-          free (workers);
-          free (g_conns);
+          free_connections (workers, cfg.threads);
           return 2;
         }
       Conn *c = conn_new (i, fd);
@@ -569,15 +577,7 @@ main (int argc, char **argv)
       fprintf (stderr, _("%llu error(s)\n"), (unsigned long long) errors);
     }
 
-  for (unsigned i = 0; i < cfg.conns; i++)
-    conn_free (g_conns[i]);
-  for (unsigned t = 0; t < cfg.threads; t++)
-    {
-      close (workers[t].ep);
-      free (workers[t].conns);
-    }
-  free (workers);
-  free (g_conns);
+  free_connections (workers, cfg.threads);
   free (hist);
   msg_free ();
   g_free (opt_server);

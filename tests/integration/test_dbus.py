@@ -110,6 +110,16 @@ def wait_until(pred, timeout=10.0, interval=0.05, what="condition"):
 # a private bus
 # --------------------------------------------------------------------------------------
 
+
+def terminate(proc):
+    """SIGTERM, then SIGKILL if the process has not gone within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
 class PrivateBus:
     """A dbus-daemon on a unix socket in a fresh directory under /tmp (short paths,
     readable by `nobody`)."""
@@ -158,12 +168,7 @@ class PrivateBus:
 
     def close(self):
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            terminate(self.proc)
         if self.proc is not None:
             self.proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -252,12 +257,7 @@ class Monitor:
                           what="signal %s" % member)[0]
 
     def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        terminate(self.proc)
         self.thread.join(5)
         self.proc.stdout.close()
 
