@@ -69,7 +69,7 @@ status_line (McqServer *srv)
   return g_strdup_printf (_("%llu queues, %llu messages, %u connections, %s"),
                           (unsigned long long) mcq_store_queue_count (srv->store),
                           (unsigned long long) mcq_store_total_depth (srv->store),
-                          srv->curr_conns, srv->durable ? _("durable") : _("no-sync"));
+                          srv->curr_conns, mcq_store_durable (srv->store) ? _("durable") : _("no-sync"));
 }
 
 static gboolean
@@ -197,7 +197,6 @@ drain (McqServer *srv)
   guint ticker = g_timeout_add (10, tick, NULL);
   g_autoptr(GList) conns = NULL;
 
-  srv->stopping = TRUE;
   while (g_get_monotonic_time () < start + DRAIN_QUIET_US && srv->conns != NULL)
     g_main_context_iteration (NULL, TRUE);
   conns = g_list_copy (srv->conns);
@@ -341,7 +340,6 @@ main (int argc, char **argv)
     }
   server.max_body = opts.max_body;
   server.max_conns = opts.max_conns;
-  server.durable = !opts.no_sync;
   server.start_time = g_get_real_time () / G_USEC_PER_SEC;
   server.start_monotonic = g_get_monotonic_time ();
 
@@ -375,7 +373,7 @@ main (int argc, char **argv)
    * the database directory, then the durability mode. */
   g_message (_("memcacheq %s ready on %s; home %s; %s"), MCQ_VERSION,
              mcq_listener_describe (listener), home_path,
-             server.durable ? _("durable (STORED after fsync)") : _("no-sync (-N)"));
+             mcq_store_durable (server.store) ? _("durable (STORED after fsync)") : _("no-sync (-N)"));
   daemon_ready (notify_fd, 0);
 
   g_main_loop_run (d.loop);

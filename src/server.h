@@ -15,7 +15,6 @@ typedef struct _McqServer {
   McqStore *store;
   guint64 max_body;
   guint max_conns;
-  gboolean durable;
   gint64 start_time;            /* wall clock, seconds */
   gint64 start_monotonic;       /* microseconds */
 
@@ -24,5 +23,4 @@ typedef struct _McqServer {
   guint conn_structures;
   McqCounters counters;
   GList *conns;                 /* McqConnection*, for shutdown */
-  gboolean stopping;
 } McqServer;

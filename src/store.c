@@ -91,7 +91,6 @@ struct _McqStore {
   GHashTable *queues;          /* store thread only: name -> Queue* */
   guint32 next_id;
   gboolean purge_pending;
-  u_int32_t commit_flags;      /* store thread: flags for a solo op's commit */
   DB_TXN *seg_txn;             /* store thread: the open segment */
   GArray *seg_undo;            /* Undo, one per queue the segment touched */
   guint seg_epoch;
@@ -660,9 +659,10 @@ write_queue (McqStore *s, DB_TXN *txn, const Queue *q, GError **error)
 }
 
 static gboolean
-commit (McqStore *s, DB_TXN *txn, GError **error)
+commit (DB_TXN *txn, GError **error)
 {
-  int ret = txn->commit (txn, s->commit_flags);
+  /* Ops outside segments (deletes) are rare: each writes its own log. */
+  int ret = txn->commit (txn, DB_TXN_WRITE_NOSYNC);
   if (ret != 0)
     return db_fail (ret, error, "commit");
   return TRUE;
@@ -959,7 +959,7 @@ run_delete (McqStore *s, McqOp *op)
           goto abort;
         }
     }
-  if (!commit (s, txn, &op->error))
+  if (!commit (txn, &op->error))
     goto fail;
   if (q->head != q->tail)
     s->purge_pending = TRUE;
@@ -1305,7 +1305,6 @@ store_thread (gpointer data)
             }
           else
             {
-              s->commit_flags = DB_TXN_WRITE_NOSYNC;
               if (batch[i]->status != MCQ_OP_FAILED)   /* else refused above */
                 run_op (s, batch[i]);
               if (op_commits (batch[i]))
