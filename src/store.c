@@ -49,6 +49,14 @@
 #define MSG_KEY_SIZE 12
 #define MSG_HEADER_SIZE 12
 #define BATCH_MAX 1024
+/* Requests are handed to the store thread in chunks of this many while
+ * the main loop is still reading the rest, so that both threads work at
+ * once instead of taking turns (one hand-over per loop iteration made a
+ * convoy: 50 clients' requests read, then all run, then all answered).
+ * Measured with 50 connections, -N, set+get: one hand-over per iteration
+ * 112.6k ops/s; chunks of 16 130.3k, of 8 133.3k, of 4 133.5k (the same
+ * CPU per op); 8 keeps the extra wake-ups few. */
+#define HANDOVER_CHUNK 8
 #define PURGE_CHUNK 512
 #define CHECKPOINT_LOG_KB (16 * 1024)
 /* Log files are kept small so that the space held back below covers a
@@ -75,11 +83,13 @@ typedef struct {
   gboolean created;
 } Undo;
 
-typedef struct {
+typedef struct _Completion Completion;
+struct _Completion {
   struct _McqStore *store;
   struct _McqOp *first;
   gboolean changed;
-} Completion;
+  Completion *next;            /* in McqStore.done */
+};
 
 struct _McqStore {
   McqStoreConfig cfg;
@@ -92,6 +102,7 @@ struct _McqStore {
   guint32 next_id;
   gboolean purge_pending;
   DB_TXN *seg_txn;             /* store thread: the open segment */
+  DBC *seg_cursor;             /* its cursor on messages_db for gets, or NULL */
   GArray *seg_undo;            /* Undo, one per queue the segment touched */
   guint seg_epoch;
   guint32 seg_next_id;
@@ -100,10 +111,13 @@ struct _McqStore {
 
   GAsyncQueue *inbox;          /* chains of ops (linked by McqOp.chain) */
   McqOp *outbox, **outbox_tail;/* main thread: submitted, not yet handed over */
+  guint outbox_len;
   GSource *flusher;
   McqOp *chain;                /* store thread: rest of the chain being taken */
   GThread *thread;
   McqOp stop_op;               /* sentinel */
+  Completion *done;            /* atomic: finished batches, newest first */
+  GSource *deliverer;          /* runs them on the main context */
   GAsyncQueue *sync_inbox;     /* Completion* waiting for an fsync */
   GThread *sync;
   Completion sync_stop;        /* sentinel */
@@ -403,6 +417,7 @@ load_queues (McqStore *s, GError **error)
 static gpointer store_thread (gpointer data);
 static gpointer sync_thread (gpointer data);
 static GSourceFuncs flusher_funcs;
+static GSourceFuncs deliverer_funcs;
 static gpointer maint_thread (gpointer data);
 
 McqStore *
@@ -487,6 +502,10 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
   g_source_set_name (s->flusher, "mcq-store-flusher");
   g_source_set_priority (s->flusher, G_PRIORITY_HIGH);
   g_source_attach (s->flusher, NULL);
+  s->deliverer = g_source_new (&deliverer_funcs, sizeof (GSource) + sizeof (McqStore *));
+  *(McqStore **) (s->deliverer + 1) = s;
+  g_source_set_name (s->deliverer, "mcq-store-deliverer");
+  g_source_attach (s->deliverer, NULL);
   g_mutex_init (&s->maint_lock);
   g_mutex_init (&s->ckp_lock);
   g_cond_init (&s->maint_cond);
@@ -569,9 +588,9 @@ mcq_op_set_body (McqOp *op, guint32 flags, const void *data, size_t len)
 }
 
 /* Ops submitted while the main loop dispatches are handed to the store
- * thread together, once per loop iteration (from the flusher source's
- * prepare), as one chain: one lock and at most one wake-up for however
- * many requests the iteration produced. */
+ * thread as chains: every HANDOVER_CHUNK ops, and whatever is left once
+ * per loop iteration (from the flusher source's prepare), so that one
+ * lock and at most one wake-up serve several requests. */
 static void
 hand_over (McqStore *s)
 {
@@ -580,6 +599,7 @@ hand_over (McqStore *s)
   g_async_queue_push (s->inbox, s->outbox);
   s->outbox = NULL;
   s->outbox_tail = &s->outbox;
+  s->outbox_len = 0;
 }
 
 static gboolean
@@ -610,6 +630,8 @@ mcq_store_submit (McqStore *s, McqOp *op)
   op->chain = NULL;
   *s->outbox_tail = op;
   s->outbox_tail = &op->chain;
+  if (++s->outbox_len >= HANDOVER_CHUNK)
+    hand_over (s);
 }
 
 /* Store thread: the next op, from the chain being taken or the inbox. */
@@ -747,9 +769,22 @@ seg_rollback (McqStore *s)
   s->depth = s->seg_depth;
 }
 
+/* The segment's cursor must be closed before its transaction ends. */
+static int
+seg_close_cursor (McqStore *s)
+{
+  int ret = 0;
+
+  if (s->seg_cursor != NULL)
+    ret = s->seg_cursor->close (s->seg_cursor);
+  s->seg_cursor = NULL;
+  return ret;
+}
+
 static void
 seg_abort (McqStore *s)
 {
+  seg_close_cursor (s);
   s->seg_txn->abort (s->seg_txn);
   s->seg_txn = NULL;
   seg_rollback (s);
@@ -761,6 +796,11 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
 {
   int ret;
 
+  if ((ret = seg_close_cursor (s)) != 0)
+    {
+      seg_abort (s);
+      return db_fail (ret, error, "closing a cursor");
+    }
   for (guint i = 0; i < s->seg_undo->len; i++)
     {
       Queue *q = g_array_index (s->seg_undo, Undo, i).q;
@@ -818,6 +858,63 @@ seg_set (McqStore *s, McqOp *op)
   return TRUE;
 }
 
+/* Takes the head message of q into m, with the segment's cursor: one
+ * search finds it, the delete and the step to the next message (whose
+ * header gives the queue's new oldest-message time) reuse the position.
+ * Three separate DB calls cost three searches and three cursors. */
+static int
+take_head (McqStore *s, Queue *q, McqMessage *m)
+{
+  guint8 key[MSG_KEY_SIZE], next_key[MSG_KEY_SIZE], header[MSG_HEADER_SIZE];
+  DBT k, v;
+  int ret;
+
+  if (s->seg_cursor == NULL &&
+      (ret = s->messages_db->cursor (s->messages_db, s->seg_txn, &s->seg_cursor, 0)) != 0)
+    return ret;
+  encode_msg_key (q->id, q->head, key);
+  dbt_init (&k, key, sizeof key);
+  dbt_init (&v, NULL, 0);
+  v.flags = DB_DBT_MALLOC;
+  if ((ret = s->seg_cursor->get (s->seg_cursor, &k, &v, DB_SET)) != 0)
+    return ret;
+  if (v.size < MSG_HEADER_SIZE)
+    {
+      free (v.data);
+      return DB_NOTFOUND;
+    }
+  if ((ret = s->seg_cursor->del (s->seg_cursor, 0)) != 0)
+    {
+      free (v.data);
+      return ret;
+    }
+  m->flags = get_be32 (v.data);
+  m->seq = q->head;
+  m->len = v.size - MSG_HEADER_SIZE;
+  memmove (v.data, (guint8 *) v.data + MSG_HEADER_SIZE, m->len);
+  m->data = v.data;
+  q->head++;
+  q->head_time = 0;
+  if (q->head == q->tail)
+    return 0;
+
+  /* Seqs are contiguous, so the next record is the new head. */
+  dbt_init (&k, next_key, sizeof next_key);
+  k.ulen = sizeof next_key;
+  k.flags = DB_DBT_USERMEM;
+  dbt_init (&v, header, sizeof header);
+  v.ulen = v.dlen = sizeof header;
+  v.doff = 0;
+  v.flags = DB_DBT_USERMEM | DB_DBT_PARTIAL;
+  encode_msg_key (q->id, q->head, key);
+  if (s->seg_cursor->get (s->seg_cursor, &k, &v, DB_NEXT) == 0 && k.size == MSG_KEY_SIZE &&
+      memcmp (next_key, key, MSG_KEY_SIZE) == 0 && v.size >= MSG_HEADER_SIZE)
+    q->head_time = (gint64) get_be64 (header + 4);
+  else
+    q->head_time = read_enqueue_time (s, s->seg_txn, q->id, q->head);
+  return 0;
+}
+
 static gboolean
 seg_get (McqStore *s, McqOp *op)
 {
@@ -832,44 +929,18 @@ seg_get (McqStore *s, McqOp *op)
     {
       Queue *q = g_hash_table_lookup (s->queues, name);
       McqMessage *m = &g_array_index (op->messages, McqMessage, i);
-      guint8 key[MSG_KEY_SIZE];
-      DBT k, v;
       int ret;
 
       if (q == NULL || q->head == q->tail)
         continue;
       seg_touch (s, q);
-      encode_msg_key (q->id, q->head, key);
-      dbt_init (&k, key, sizeof key);
-      dbt_init (&v, NULL, 0);
-      v.flags = DB_DBT_MALLOC;
-      ret = s->messages_db->get (s->messages_db, s->seg_txn, &k, &v, 0);
-      if (ret == 0 && v.size < MSG_HEADER_SIZE)
-        {
-          free (v.data);
-          ret = DB_NOTFOUND;
-        }
-      if (ret != 0)
+      if ((ret = take_head (s, q, m)) != 0)
         return db_fail (ret, &op->error, ret == DB_NOTFOUND ? "a message is missing from its queue"
                                                             : "reading a message");
-      if ((ret = s->messages_db->del (s->messages_db, s->seg_txn, &k, 0)) != 0)
-        {
-          free (v.data);
-          return db_fail (ret, &op->error, "removing a message");
-        }
-      m->flags = get_be32 (v.data);
-      m->seq = q->head;
-      m->len = v.size - MSG_HEADER_SIZE;
-      memmove (v.data, (guint8 *) v.data + MSG_HEADER_SIZE, m->len);
-      m->data = v.data;
-      q->head++;
       q->dequeued++;
       q->bytes -= MIN (q->bytes, m->len);
       s->depth--;
       s->seg_bytes += m->len + 128;   /* the removal logs the record */
-      /* Seqs are contiguous, so the new head is (id, head): read just its
-       * header to keep OldestMessageAge exact without a scan later. */
-      q->head_time = q->head == q->tail ? 0 : read_enqueue_time (s, s->seg_txn, q->id, q->head);
     }
   return TRUE;
 }
@@ -1130,10 +1201,10 @@ run_op (McqStore *s, McqOp *op)
 }
 
 
-static gboolean
-complete_batch (gpointer data)
+/* Runs a finished batch's callbacks on the main context. */
+static void
+complete_batch (Completion *c)
 {
-  Completion *c = data;
   McqOp *op = c->first;
 
   while (op != NULL)
@@ -1147,8 +1218,68 @@ complete_batch (gpointer data)
   if (c->changed && c->store->watch != NULL)
     c->store->watch (c->store->watch_data);
   g_free (c);
-  return G_SOURCE_REMOVE;
 }
+
+/* Finished batches reach the main context through one long-lived source:
+ * the store and sync threads push them on a lock-free stack and wake the
+ * context only when the stack was empty, since the main thread takes the
+ * whole stack at once.  (g_main_context_invoke cost a source allocation,
+ * an attach under the context lock and a wake-up for every batch.) */
+static void
+deliver (McqStore *s, Completion *c)
+{
+  Completion *old = __atomic_load_n (&s->done, __ATOMIC_RELAXED);
+
+  do
+    c->next = old;
+  while (!__atomic_compare_exchange_n (&s->done, &old, c, TRUE, __ATOMIC_RELEASE,
+                                       __ATOMIC_RELAXED));
+  if (old == NULL)
+    g_main_context_wakeup (NULL);
+}
+
+static gboolean
+deliverer_ready (GSource *source)
+{
+  McqStore *s = *(McqStore **) (source + 1);
+  return __atomic_load_n (&s->done, __ATOMIC_ACQUIRE) != NULL;
+}
+
+static gboolean
+deliverer_prepare (GSource *source, gint *timeout)
+{
+  *timeout = -1;
+  return deliverer_ready (source);
+}
+
+static gboolean
+deliverer_dispatch (GSource *source, GSourceFunc cb, gpointer data)
+{
+  McqStore *s = *(McqStore **) (source + 1);
+  Completion *c = __atomic_exchange_n (&s->done, NULL, __ATOMIC_ACQUIRE), *fifo = NULL;
+
+  /* Oldest first. */
+  while (c != NULL)
+    {
+      Completion *next = c->next;
+      c->next = fifo;
+      fifo = c;
+      c = next;
+    }
+  while (fifo != NULL)
+    {
+      Completion *next = fifo->next;
+      complete_batch (fifo);
+      fifo = next;
+    }
+  return G_SOURCE_CONTINUE;
+}
+
+static GSourceFuncs deliverer_funcs = {
+  .prepare = deliverer_prepare,
+  .check = deliverer_ready,
+  .dispatch = deliverer_dispatch,
+};
 
 static gboolean
 op_commits (const McqOp *op)
@@ -1185,7 +1316,7 @@ post (McqStore *s, McqOp *first, gboolean changed)
   c->store = s;
   c->first = first;
   c->changed = changed;
-  g_main_context_invoke (NULL, complete_batch, c);
+  deliver (s, c);
 }
 
 static gboolean
@@ -1404,7 +1535,7 @@ sync_thread (gpointer data)
           c = group->pdata[i];
           if (ret != 0)
             fail_all (c->first, ret, "flushing the log");
-          g_main_context_invoke (NULL, complete_batch, c);
+          deliver (s, c);
         }
     }
   return NULL;
@@ -1495,6 +1626,8 @@ mcq_store_close (McqStore *s)
   s->env->close (s->env, 0);
   g_source_destroy (s->flusher);
   g_source_unref (s->flusher);
+  g_source_destroy (s->deliverer);
+  g_source_unref (s->deliverer);
   g_async_queue_unref (s->inbox);
   g_async_queue_unref (s->sync_inbox);
   g_hash_table_destroy (s->queues);
