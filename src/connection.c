@@ -1,5 +1,5 @@
-/* connection.c — a client connection on the main loop.
- * Owns the socket, its input buffer and the ordered list of replies owed:
+/* connection.c — client connections on the main loop.
+ * Owns each socket, its input buffer and the ordered list of replies owed:
  * requests parsed by protocol.c become store ops or immediate replies, and
  * replies leave strictly in request order even when commits finish later. */
 #include <gio/gio.h>
@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -32,9 +33,7 @@
 typedef struct _Slot Slot;
 
 struct _McqConnection {
-  GSource source;
-  gpointer tag;
-  GIOCondition want;            /* events currently asked of the main loop */
+  guint32 want;                 /* EPOLL* events currently asked for */
   McqServer *server;
   int fd;
   int refs;                     /* the socket, plus one per op in the store */
@@ -68,6 +67,8 @@ struct _Slot {
 };
 
 static void conn_update (McqConnection *c);
+static void poller_watch (McqConnection *c, int op);
+static void poller_forget (McqConnection *c);
 static void format_stats (McqServer *srv, GByteArray *out);
 static GByteArray *slot_reply (Slot *s);
 static void conn_process_input (McqConnection *c);
@@ -109,7 +110,7 @@ conn_unref (McqConnection *c)
   g_clear_pointer (&c->in, g_byte_array_unref);
   g_clear_pointer (&c->out, g_byte_array_unref);
   c->server->conn_structures--;
-  g_source_unref (&c->source);
+  g_free (c);
 }
 
 static void
@@ -121,8 +122,7 @@ conn_close (McqConnection *c)
     return;
   c->closed = TRUE;
   c->read_closed = TRUE;
-  g_source_remove_unix_fd (&c->source, c->tag);
-  g_source_destroy (&c->source);
+  poller_forget (c);
   close (c->fd);
   c->fd = -1;
   srv->curr_conns--;
@@ -635,7 +635,7 @@ conn_read (McqConnection *c)
 static void
 conn_update (McqConnection *c)
 {
-  GIOCondition want = 0;
+  guint32 want = 0;
   gboolean may_read;
 
   if (c->closed)
@@ -680,45 +680,115 @@ conn_update (McqConnection *c)
     }
   may_read = may_parse (c);
   if (may_read)
-    want |= G_IO_IN;
+    want |= EPOLLIN;
   if (out_pending (c) > 0)
-    want |= G_IO_OUT;
-  /* g_source_modify_unix_fd wakes the whole main context up (a write to
-   * its eventfd and an extra loop iteration), so only call it when the
-   * interest really changes, not once per request. */
+    want |= EPOLLOUT;
+  /* Only tell the kernel when the interest really changes, not once per
+   * request. */
   if (want != c->want)
     {
       c->want = want;
-      g_source_modify_unix_fd (&c->source, c->tag, want);
+      poller_watch (c, EPOLL_CTL_MOD);
     }
 }
 
-static gboolean
-conn_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
+/* Handles what epoll reported for c. */
+static void
+conn_event (McqConnection *c, guint32 events)
 {
-  McqConnection *c = (McqConnection *) source;
-  GIOCondition ev = g_source_query_unix_fd (source, c->tag);
-
-  if (ev & (G_IO_ERR | G_IO_NVAL))
+  if (events & EPOLLERR)
     {
       conn_close (c);
-      return G_SOURCE_CONTINUE;
+      return;
     }
-  if (ev & (G_IO_IN | G_IO_HUP))
+  if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
     {
       if (!conn_read (c))
         {
           conn_close (c);
-          return G_SOURCE_CONTINUE;
+          return;
         }
     }
   conn_update (c);
+}
+
+/* ---- the connection poller --------------------------------------------------
+ *
+ * Every connection's socket sits in one epoll set, and that set's fd is
+ * the only one the GLib main loop polls for them: the loop is still
+ * GLib's, this source just tells it which connections are ready.  With a
+ * GSource (or a unix fd) per connection, each loop iteration cost
+ * poll(2) over every open socket plus a prepare/check walk over every
+ * source, whether or not it had anything to do, and each change of
+ * interest (read/write) woke the whole context up.  With epoll an
+ * iteration costs what the ready connections cost, and a change of
+ * interest is one epoll_ctl.
+ */
+
+#define POLLER_EVENTS 64
+
+typedef struct {
+  GSource source;
+  int epfd;
+} Poller;
+
+static Poller *poller;
+
+static gboolean
+poller_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
+{
+  Poller *p = (Poller *) source;
+  struct epoll_event ev[POLLER_EVENTS];
+  int n = epoll_wait (p->epfd, ev, POLLER_EVENTS, 0);
+
+  /* Handling one connection never frees another, so every pointer in
+   * ev[] stays valid through the loop (a connection closing itself has
+   * left the set and appears at most once). */
+  for (int i = 0; i < n; i++)
+    conn_event (ev[i].data.ptr, ev[i].events);
   return G_SOURCE_CONTINUE;
 }
 
-static GSourceFuncs conn_source_funcs = {
-  .dispatch = conn_dispatch,
+static GSourceFuncs poller_funcs = {
+  .dispatch = poller_dispatch,
 };
+
+static Poller *
+poller_get (void)
+{
+  if (poller == NULL)
+    {
+      GSource *source = g_source_new (&poller_funcs, sizeof (Poller));
+      poller = (Poller *) source;
+      poller->epfd = epoll_create1 (EPOLL_CLOEXEC);
+      if (poller->epfd < 0)
+        g_error ("epoll_create1: %s", g_strerror (errno));
+      g_source_add_unix_fd (source, poller->epfd, G_IO_IN);
+      g_source_set_name (source, "mcq-connections");
+      /* GLib "blocks" a non-recursive source while dispatching it, taking
+       * its fd out of the poll set and putting it back, which wakes the
+       * context twice per dispatch.  The dispatch never runs the loop
+       * itself, so recursion cannot happen: opt out. */
+      g_source_set_can_recurse (source, TRUE);
+      g_source_attach (source, NULL);
+    }
+  return poller;
+}
+
+static void
+poller_watch (McqConnection *c, int op)
+{
+  struct epoll_event ev = { .events = c->want | EPOLLRDHUP, .data.ptr = c };
+
+  if (epoll_ctl (poller_get ()->epfd, op, c->fd, &ev) != 0)
+    g_error ("epoll_ctl: %s", g_strerror (errno));
+}
+
+static void
+poller_forget (McqConnection *c)
+{
+  epoll_ctl (poller_get ()->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+}
 
 /* Closes connections whose replies have waited unread for too long. */
 static gboolean
@@ -744,8 +814,7 @@ McqConnection *
 mcq_connection_new (McqServer *srv, int fd)
 {
   static guint sweep_source;
-  GSource *source = g_source_new (&conn_source_funcs, sizeof (McqConnection));
-  McqConnection *c = (McqConnection *) source;
+  McqConnection *c = g_new0 (McqConnection, 1);
 
   c->server = srv;
   c->fd = fd;
@@ -754,15 +823,8 @@ mcq_connection_new (McqServer *srv, int fd)
   if (sweep_source == 0)
     sweep_source = g_timeout_add_seconds (SWEEP_INTERVAL_S, sweep, srv);
   g_queue_init (&c->slots);
-  c->want = G_IO_IN;
-  c->tag = g_source_add_unix_fd (source, fd, c->want);
-  g_source_set_name (source, "mcq-connection");
-  /* GLib "blocks" a non-recursive source while dispatching it, removing
-   * and re-adding its fd, and each of those wakes the context up (two
-   * eventfd writes and an extra iteration per dispatch).  The dispatch
-   * never runs the loop itself, so recursion cannot happen: opt out. */
-  g_source_set_can_recurse (source, TRUE);
-  g_source_attach (source, NULL);
+  c->want = EPOLLIN;
+  poller_watch (c, EPOLL_CTL_ADD);
 
   srv->curr_conns++;
   srv->total_conns++;
