@@ -710,6 +710,8 @@ begin (McqStore *s, DB_TXN **txn, GError **error)
   return TRUE;
 }
 
+static void add_log_debt (McqStore *s, guint64 bytes);
+
 static gboolean
 seg_begin (McqStore *s, GError **error)
 {
@@ -820,8 +822,32 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
   for (guint i = 0; i < s->seg_undo->len; i++)
     mark_dirty (s, g_array_index (s->seg_undo, Undo, i).q->name);
   g_array_set_size (s->seg_undo, 0);
-  __atomic_add_fetch (&s->log_debt, s->seg_bytes, __ATOMIC_RELAXED);
+  add_log_debt (s, s->seg_bytes);
   return TRUE;
+}
+
+static gboolean
+log_debt_due (McqStore *s)
+{
+  return __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) >= CHECKPOINT_LOG_KB * (guint64) 1024;
+}
+
+/* Counts log written since the last checkpoint.  Crossing the checkpoint
+ * threshold wakes the maintenance thread at once instead of at its next
+ * one-second tick: a -N fill writes over 100 MiB of log a second, and a
+ * restart after a crash replays all of it. */
+static void
+add_log_debt (McqStore *s, guint64 bytes)
+{
+  gboolean was_due = log_debt_due (s);
+
+  __atomic_add_fetch (&s->log_debt, bytes, __ATOMIC_RELAXED);
+  if (!was_due && log_debt_due (s))
+    {
+      g_mutex_lock (&s->maint_lock);
+      g_cond_signal (&s->maint_cond);
+      g_mutex_unlock (&s->maint_lock);
+    }
 }
 
 static gboolean
@@ -1551,11 +1577,15 @@ maint_thread (gpointer data)
   gint64 next_ckp = s->cfg.checkpoint_interval_s ? now + s->cfg.checkpoint_interval_s * G_USEC_PER_SEC : G_MAXINT64;
   gint64 next_trickle = s->cfg.trickle_interval_s ? now + s->cfg.trickle_interval_s * G_USEC_PER_SEC : G_MAXINT64;
 
+  gboolean again = FALSE;
+
   g_mutex_lock (&s->maint_lock);
   while (!s->maint_stop)
     {
       gint64 deadline = MIN (MIN (next_ckp, next_trickle), now + G_USEC_PER_SEC);
-      g_cond_wait_until (&s->maint_cond, &s->maint_lock, deadline);
+      if (!again)
+        g_cond_wait_until (&s->maint_cond, &s->maint_lock, deadline);
+      again = FALSE;
       if (s->maint_stop)
         break;
       now = g_get_monotonic_time ();
@@ -1574,7 +1604,7 @@ maint_thread (gpointer data)
        * fast messages arrive), and at once while sets are refused for
        * space: the checkpoint lets old log files be removed. */
       guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED);
-      gboolean due = now >= next_ckp || debt >= CHECKPOINT_LOG_KB * (guint64) 1024 ||
+      gboolean due = now >= next_ckp || log_debt_due (s) ||
                      (g_atomic_int_get (&s->space_pressure) && debt > 0);
       if (due)
         {
@@ -1582,7 +1612,13 @@ maint_thread (gpointer data)
           if (!settle (s, FALSE, &err))
             g_warning ("%s", err->message);
           else
-            g_debug ("checkpoint done");
+            {
+              g_debug ("checkpoint done");
+              /* The log may have grown past the threshold again while
+               * this ran (that wake-up found nobody waiting): go on at
+               * once.  Not after a failure, which would spin. */
+              again = log_debt_due (s);
+            }
           if (now >= next_ckp)
             next_ckp = s->cfg.checkpoint_interval_s ? now + s->cfg.checkpoint_interval_s * G_USEC_PER_SEC
                                                     : G_MAXINT64;
