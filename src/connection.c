@@ -701,7 +701,7 @@ conn_event (McqConnection *c, guint32 events)
       conn_close (c);
       return;
     }
-  if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP))
+  if (events & (EPOLLIN | EPOLLHUP))
     {
       if (!conn_read (c))
         {
@@ -778,7 +778,10 @@ poller_get (void)
 static void
 poller_watch (McqConnection *c, int op)
 {
-  struct epoll_event ev = { .events = c->want | EPOLLRDHUP, .data.ptr = c };
+  /* No EPOLLRDHUP: level-triggered, it would fire without end once the
+   * peer half-closes while replies are still owed; a read of 0 bytes
+   * (EPOLLIN) tells the same thing when we are reading. */
+  struct epoll_event ev = { .events = c->want, .data.ptr = c };
 
   if (epoll_ctl (poller_get ()->epfd, op, c->fd, &ev) != 0)
     g_error ("epoll_ctl: %s", g_strerror (errno));

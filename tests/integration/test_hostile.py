@@ -445,6 +445,49 @@ def test_half_closed_mid_request_gets_replies_for_complete_ones(daemon):
         assert c.get("hq2") is None        # the incomplete set stored nothing
 
 
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_half_closed_client_that_stops_reading_does_not_make_the_daemon_spin(make_daemon):
+    """A client sends gets for megabytes of replies, shuts its write side and
+    reads nothing: the daemon waits for the socket to drain without burning a
+    core (a level-triggered peer-hang-up event would fire in a loop), keeps
+    serving others, and hands over every reply once the client reads."""
+    d = make_daemon(["-N"], env=sanitizer_env())
+    big = b"H" * (1024 * 1024)
+    n = 8
+    with d.client() as c:
+        c.send(b"".join(b"set hsq 0 0 %d\r\n%s\r\n" % (len(big), big) for _ in range(n)))
+        assert c.read_exact(8 * n) == b"STORED\r\n" * n
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", d.port))
+    try:
+        s.sendall(b"get hsq\r\n" * n)
+        s.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)                        # replies queue up unsent
+        before = cpu_seconds(d.pid)
+        time.sleep(2.0)
+        used = cpu_seconds(d.pid) - before
+        # Idle, the daemon uses a few ms in 2 s; spinning it would use ~2 s.
+        assert used < 0.5, "daemon used %.2f s of CPU in 2 s while waiting for a reader" % used
+        assert_serves(d)
+        s.settimeout(IO_TIMEOUT)
+        got = bytearray()
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        one = b"VALUE hsq 0 %d\r\n%s\r\nEND\r\n" % (len(big), big)
+        assert bytes(got) == one * n
+    finally:
+        s.close()
+
+
 def test_abrupt_close_with_replies_pending(daemon):
     """Clients that vanish (RST) with big replies and pending requests in flight."""
     big = b"A" * 200000
