@@ -367,10 +367,12 @@ slot_done (McqOp *op)
       }
   if (op->status == MCQ_OP_OK && s->cmd == MCQ_CMD_SET)
     c->server->counters.set_hits++;
-  /* Free the message copies now rather than when the slot leaves, and do
-   * not keep a large body buffer around for reuse. */
+  /* Drop the messages now rather than when the slot leaves, and do not
+   * keep a large body or value buffer around for reuse. */
   if (op->body != NULL && op->body->len > SLOT_BODY_KEEP)
     g_clear_pointer (&op->body, g_byte_array_unref);
+  if (op->values != NULL && op->values->len > SLOT_BODY_KEEP)
+    g_clear_pointer (&op->values, g_byte_array_unref);
   mcq_op_clear (op);
 
   if (!c->closed)

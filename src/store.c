@@ -550,11 +550,9 @@ mcq_op_clear (McqOp *op)
     g_byte_array_set_size (op->body, 0);
   g_clear_error (&op->error);
   if (op->messages)
-    {
-      for (guint i = 0; i < op->messages->len; i++)
-        free (g_array_index (op->messages, McqMessage, i).data);
-      g_array_set_size (op->messages, 0);
-    }
+    g_array_set_size (op->messages, 0);
+  if (op->values)
+    g_byte_array_set_size (op->values, 0);
   if (op->queue_stats)
     {
       for (guint i = 0; i < op->queue_stats->len; i++)
@@ -571,6 +569,7 @@ mcq_op_release (McqOp *op)
   g_clear_pointer (&op->keys, g_byte_array_unref);
   g_clear_pointer (&op->body, g_byte_array_unref);
   g_clear_pointer (&op->messages, g_array_unref);
+  g_clear_pointer (&op->values, g_byte_array_unref);
   g_clear_pointer (&op->queue_stats, g_array_unref);
 }
 
@@ -884,14 +883,41 @@ seg_set (McqStore *s, McqOp *op)
   return TRUE;
 }
 
+/* Reads the record under the segment's cursor at key k (DB_SET) into
+ * values, after what is there, growing it if the record does not fit. */
+static int
+read_into (McqStore *s, DBT *k, GByteArray *values, guint start)
+{
+  guint room = 4096;
+  DBT v;
+  int ret;
+
+  for (;;)
+    {
+      g_byte_array_set_size (values, start + room);
+      dbt_init (&v, values->data + start, 0);
+      v.ulen = room;
+      v.flags = DB_DBT_USERMEM;
+      ret = s->seg_cursor->get (s->seg_cursor, k, &v, DB_SET);
+      if (ret != DB_BUFFER_SMALL)
+        break;
+      room = v.size;            /* a big message: one more search */
+    }
+  g_byte_array_set_size (values, start + (ret == 0 ? v.size : 0));
+  return ret;
+}
+
 /* Takes the head message of q into m, with the segment's cursor: one
  * search finds it, the delete and the step to the next message (whose
  * header gives the queue's new oldest-message time) reuse the position.
- * Three separate DB calls cost three searches and three cursors. */
+ * Three separate DB calls cost three searches and three cursors.  The
+ * message is read into op->values, which is kept with the op, so a get
+ * allocates nothing once warm. */
 static int
-take_head (McqStore *s, Queue *q, McqMessage *m)
+take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m)
 {
   guint8 key[MSG_KEY_SIZE], next_key[MSG_KEY_SIZE], header[MSG_HEADER_SIZE];
+  guint start = op->values->len;
   DBT k, v;
   int ret;
 
@@ -900,25 +926,16 @@ take_head (McqStore *s, Queue *q, McqMessage *m)
     return ret;
   encode_msg_key (q->id, q->head, key);
   dbt_init (&k, key, sizeof key);
-  dbt_init (&v, NULL, 0);
-  v.flags = DB_DBT_MALLOC;
-  if ((ret = s->seg_cursor->get (s->seg_cursor, &k, &v, DB_SET)) != 0)
+  if ((ret = read_into (s, &k, op->values, start)) != 0)
     return ret;
-  if (v.size < MSG_HEADER_SIZE)
-    {
-      free (v.data);
-      return DB_NOTFOUND;
-    }
+  if (op->values->len - start < MSG_HEADER_SIZE)
+    return DB_NOTFOUND;
   if ((ret = s->seg_cursor->del (s->seg_cursor, 0)) != 0)
-    {
-      free (v.data);
-      return ret;
-    }
-  m->flags = get_be32 (v.data);
+    return ret;
+  m->flags = get_be32 (op->values->data + start);
   m->seq = q->head;
-  m->len = v.size - MSG_HEADER_SIZE;
-  memmove (v.data, (guint8 *) v.data + MSG_HEADER_SIZE, m->len);
-  m->data = v.data;
+  m->offset = start + MSG_HEADER_SIZE;
+  m->len = op->values->len - m->offset;
   q->head++;
   q->head_time = 0;
   if (q->head == q->tail)
@@ -946,27 +963,40 @@ seg_get (McqStore *s, McqOp *op)
 {
   size_t pos = 0;
   const char *name;
+  McqMessage *m;
+  guint i;
 
   if (op->messages == NULL)
     op->messages = g_array_new (FALSE, TRUE, sizeof (McqMessage));
+  if (op->values == NULL)
+    op->values = g_byte_array_new ();
   g_array_set_size (op->messages, op->nkeys);
 
-  for (guint i = 0; (name = mcq_op_next_key (op, &pos)) != NULL; i++)
+  for (i = 0; (name = mcq_op_next_key (op, &pos)) != NULL; i++)
     {
       Queue *q = g_hash_table_lookup (s->queues, name);
-      McqMessage *m = &g_array_index (op->messages, McqMessage, i);
       int ret;
 
+      m = &g_array_index (op->messages, McqMessage, i);
+      m->data = NULL;
+      m->len = 0;
       if (q == NULL || q->head == q->tail)
         continue;
       seg_touch (s, q);
-      if ((ret = take_head (s, q, m)) != 0)
+      if ((ret = take_head (s, q, op, m)) != 0)
         return db_fail (ret, &op->error, ret == DB_NOTFOUND ? "a message is missing from its queue"
                                                             : "reading a message");
+      m->data = op->values->data;   /* placeholder: set below, once values stops growing */
       q->dequeued++;
       q->bytes -= MIN (q->bytes, m->len);
       s->depth--;
       s->seg_bytes += m->len + 128;   /* the removal logs the record */
+    }
+  for (i = 0; i < op->messages->len; i++)
+    {
+      m = &g_array_index (op->messages, McqMessage, i);
+      if (m->data != NULL)
+        m->data = op->values->data + m->offset;
     }
   return TRUE;
 }
@@ -976,7 +1006,9 @@ op_forget_results (McqOp *op)
 {
   if (op->messages != NULL)
     for (guint i = 0; i < op->messages->len; i++)
-      g_clear_pointer (&g_array_index (op->messages, McqMessage, i).data, free);
+      g_array_index (op->messages, McqMessage, i).data = NULL;
+  if (op->values != NULL)
+    g_byte_array_set_size (op->values, 0);
 }
 
 static gboolean

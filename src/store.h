@@ -40,8 +40,9 @@ typedef enum {
 typedef struct {
   guint32 flags;
   guint64 seq;
-  void *data;                  /* malloc()ed, owned by the op */
+  const guint8 *data;          /* points into McqOp.values */
   size_t len;
+  size_t offset;               /* store-internal: where data starts in values */
 } McqMessage;
 
 typedef struct {
@@ -68,6 +69,8 @@ struct _McqOp {
   McqOpStatus status;
   GError *error;
   GArray *messages;            /* GET: McqMessage per key, in key order */
+  GByteArray *values;          /* GET: the bytes the messages point into; kept
+                                  across reuse, so gets allocate nothing */
   GArray *queue_stats;         /* STATS_QUEUE: McqQueueStat sorted by name */
 
   McqOp *next;                 /* store-internal batch link */
