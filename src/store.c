@@ -153,6 +153,7 @@ struct _McqStore {
   GMutex maint_lock;
   GCond maint_cond;
   gboolean maint_stop;
+  gboolean ckp_wanted;         /* maint_lock: the log passed the threshold */
 
   GHashTable *dirty;           /* store thread: names changed in this batch */
   guint64 depth;               /* store thread: messages in all queues */
@@ -168,6 +169,8 @@ struct _McqStore {
   GMutex ckp_lock;             /* one checkpoint (and log_debt settlement) at a time */
   GMutex debt_lock;            /* with debt_cond: writers waiting for a checkpoint */
   GCond debt_cond;
+  guint ckp_gen;               /* debt_lock: checkpoints settled so far */
+  guint ckp_gave_up;           /* debt_lock: ckp_gen when a wait last timed out */
   gint ckp_failing;            /* atomic: the last checkpoint failed */
   guint64 queue_count;         /* atomic snapshots for status lines */
   guint64 total_depth;
@@ -540,6 +543,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
   g_mutex_init (&s->ckp_lock);
   g_mutex_init (&s->debt_lock);
   g_cond_init (&s->debt_cond);
+  s->ckp_gave_up = G_MAXUINT;
   g_cond_init (&s->maint_cond);
   s->sync_inbox = g_async_queue_new ();
   s->sync = g_thread_new ("mcq-sync", sync_thread, s);
@@ -875,7 +879,9 @@ add_log_debt (McqStore *s, guint64 bytes)
   __atomic_add_fetch (&s->log_debt, bytes, __ATOMIC_RELAXED);
   if (!was_due && log_debt_due (s))
     {
+      /* A flag, not only a signal: the thread may be between two waits. */
       g_mutex_lock (&s->maint_lock);
+      s->ckp_wanted = TRUE;
       g_cond_signal (&s->maint_cond);
       g_mutex_unlock (&s->maint_lock);
     }
@@ -1185,6 +1191,7 @@ settle (McqStore *s, gboolean remove_logs, GError **error)
   g_atomic_int_set (&s->ckp_failing, !ok);
   g_mutex_unlock (&s->ckp_lock);
   g_mutex_lock (&s->debt_lock);
+  s->ckp_gen++;
   g_cond_broadcast (&s->debt_cond);
   g_mutex_unlock (&s->debt_lock);
   return ok;
@@ -1192,8 +1199,9 @@ settle (McqStore *s, gboolean remove_logs, GError **error)
 
 /* Store thread, before a batch that writes: waits while the log since the
  * last checkpoint is past LOG_DEBT_MAX_KB, unless checkpoints are failing
- * (a full disk: the gets that free it must not wait) or for longer than
- * LOG_DEBT_WAIT_S. */
+ * (a full disk: the gets that free it must not wait).  A checkpoint that
+ * takes longer than LOG_DEBT_WAIT_S is waited for once: the batches after
+ * that go ahead until it (or a later one) has settled. */
 static void
 wait_for_checkpoint (McqStore *s)
 {
@@ -1201,9 +1209,9 @@ wait_for_checkpoint (McqStore *s)
 
   g_mutex_lock (&s->debt_lock);
   while (__atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) >= LOG_DEBT_MAX_KB * (guint64) 1024 &&
-         !g_atomic_int_get (&s->ckp_failing))
+         !g_atomic_int_get (&s->ckp_failing) && s->ckp_gave_up != s->ckp_gen)
     if (!g_cond_wait_until (&s->debt_cond, &s->debt_lock, deadline))
-      break;
+      s->ckp_gave_up = s->ckp_gen;
   g_mutex_unlock (&s->debt_lock);
 }
 
@@ -1552,8 +1560,13 @@ store_thread (gpointer data)
             {
               if (batch[i]->status != MCQ_OP_FAILED)   /* else refused above */
                 run_op (s, batch[i]);
-              if (op_commits (batch[i]))
-                unwritten = batch[i]->status == MCQ_OP_FAILED;
+              /* A delete that committed wrote the whole log buffer; one
+               * of a queue that does not exist committed nothing, so
+               * what earlier segments left unwritten stays so. */
+              if (op_commits (batch[i]) && batch[i]->status == MCQ_OP_OK)
+                unwritten = FALSE;
+              else if (op_commits (batch[i]) && batch[i]->status == MCQ_OP_FAILED)
+                unwritten = TRUE;
               i++;
             }
         }
@@ -1671,9 +1684,10 @@ maint_thread (gpointer data)
   while (!s->maint_stop)
     {
       gint64 deadline = MIN (MIN (next_ckp, next_trickle), now + G_USEC_PER_SEC);
-      if (!again)
+      if (!again && !s->ckp_wanted)
         g_cond_wait_until (&s->maint_cond, &s->maint_lock, deadline);
       again = FALSE;
+      s->ckp_wanted = FALSE;
       if (s->maint_stop)
         break;
       now = g_get_monotonic_time ();
@@ -1739,6 +1753,15 @@ mcq_store_close (McqStore *s)
   /* Completions the store thread posted but the loop has not run yet. */
   while (g_atomic_int_get (&s->pending) > 0 && g_main_context_iteration (NULL, FALSE))
     ;
+  /* What is left carries no op, only a "queues changed" notice. */
+  for (Completion *c = __atomic_exchange_n (&s->done, NULL, __ATOMIC_ACQUIRE), *next; c != NULL; c = next)
+    {
+      next = c->next;
+      if (c->first != NULL)
+        complete_batch (c);
+      else
+        g_free (c);
+    }
 
   if (!s->cfg.no_sync)
     s->env->log_flush (s->env, NULL);
