@@ -67,7 +67,7 @@ struct _Slot {
 };
 
 static void conn_update (McqConnection *c);
-static void poller_watch (McqConnection *c, int op);
+static gboolean poller_watch (McqConnection *c, int op);
 static void poller_forget (McqConnection *c);
 static void format_stats (McqServer *srv, GByteArray *out);
 static GByteArray *slot_reply (Slot *s);
@@ -690,7 +690,8 @@ conn_update (McqConnection *c)
   if (want != c->want)
     {
       c->want = want;
-      poller_watch (c, EPOLL_CTL_MOD);
+      if (!poller_watch (c, EPOLL_CTL_MOD))
+        conn_close (c);
     }
 }
 
@@ -755,17 +756,25 @@ static GSourceFuncs poller_funcs = {
   .dispatch = poller_dispatch,
 };
 
+/* The poller, created on first use; NULL if the kernel refused an epoll
+ * instance (the caller refuses the connection, the daemon goes on). */
 static Poller *
 poller_get (void)
 {
   if (poller == NULL)
     {
-      GSource *source = g_source_new (&poller_funcs, sizeof (Poller));
+      int epfd = epoll_create1 (EPOLL_CLOEXEC);
+      GSource *source;
+
+      if (epfd < 0)
+        {
+          g_warning (_("cannot create an epoll instance: %s"), g_strerror (errno));
+          return NULL;
+        }
+      source = g_source_new (&poller_funcs, sizeof (Poller));
       poller = (Poller *) source;
-      poller->epfd = epoll_create1 (EPOLL_CLOEXEC);
-      if (poller->epfd < 0)
-        g_error ("epoll_create1: %s", g_strerror (errno));
-      g_source_add_unix_fd (source, poller->epfd, G_IO_IN);
+      poller->epfd = epfd;
+      g_source_add_unix_fd (source, epfd, G_IO_IN);
       g_source_set_name (source, "mcq-connections");
       /* GLib "blocks" a non-recursive source while dispatching it, taking
        * its fd out of the poll set and putting it back, which wakes the
@@ -777,22 +786,29 @@ poller_get (void)
   return poller;
 }
 
-static void
+/* Adds c's socket to the epoll set or changes its events; FALSE (logged)
+ * if the kernel refuses, e.g. past fs.epoll.max_user_watches. */
+static gboolean
 poller_watch (McqConnection *c, int op)
 {
   /* No EPOLLRDHUP: level-triggered, it would fire without end once the
    * peer half-closes while replies are still owed; a read of 0 bytes
    * (EPOLLIN) tells the same thing when we are reading. */
   struct epoll_event ev = { .events = c->want, .data.ptr = c };
+  Poller *p = poller_get ();
 
-  if (epoll_ctl (poller_get ()->epfd, op, c->fd, &ev) != 0)
-    g_error ("epoll_ctl: %s", g_strerror (errno));
+  if (p != NULL && epoll_ctl (p->epfd, op, c->fd, &ev) == 0)
+    return TRUE;
+  if (p != NULL)
+    g_warning (_("cannot watch a connection: %s"), g_strerror (errno));
+  return FALSE;
 }
 
 static void
 poller_forget (McqConnection *c)
 {
-  epoll_ctl (poller_get ()->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+  if (poller != NULL)
+    epoll_ctl (poller->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 }
 
 /* Closes connections whose replies have waited unread for too long. */
@@ -829,7 +845,12 @@ mcq_connection_new (McqServer *srv, int fd)
     sweep_source = g_timeout_add_seconds (SWEEP_INTERVAL_S, sweep, srv);
   g_queue_init (&c->slots);
   c->want = EPOLLIN;
-  poller_watch (c, EPOLL_CTL_ADD);
+  if (!poller_watch (c, EPOLL_CTL_ADD))
+    {
+      g_free (c);
+      mcq_connection_refuse (fd, "SERVER_ERROR cannot watch the connection\r\n");
+      return NULL;
+    }
 
   srv->curr_conns++;
   srv->total_conns++;

@@ -6,7 +6,9 @@
 
 typedef struct _McqConnection McqConnection;
 
-/* Takes ownership of fd (a connected, non-blocking stream socket). */
+/* Takes ownership of fd (a connected, non-blocking stream socket).
+ * Returns NULL, having answered SERVER_ERROR and closed fd, when the
+ * kernel refuses to watch it (no epoll instance, too many watches). */
 McqConnection *mcq_connection_new (McqServer *server, int fd);
 
 /* Refuses fd politely (too many connections) and closes it. */
