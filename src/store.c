@@ -861,10 +861,17 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
   return TRUE;
 }
 
+/* Whether the log written since the last checkpoint has reached kb KiB. */
+static gboolean
+log_debt_past (McqStore *s, guint64 kb)
+{
+  return __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) >= kb * 1024;
+}
+
 static gboolean
 log_debt_due (McqStore *s)
 {
-  return __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) >= CHECKPOINT_LOG_KB * (guint64) 1024;
+  return log_debt_past (s, CHECKPOINT_LOG_KB);
 }
 
 /* Counts log written since the last checkpoint.  Crossing the checkpoint
@@ -1205,11 +1212,15 @@ settle (McqStore *s, gboolean remove_logs, GError **error)
 static void
 wait_for_checkpoint (McqStore *s)
 {
-  gint64 deadline = g_get_monotonic_time () + LOG_DEBT_WAIT_S * G_USEC_PER_SEC;
+  gint64 deadline;
 
+  /* The common case, once per batch: far from the limit, take no lock. */
+  if (!log_debt_past (s, LOG_DEBT_MAX_KB))
+    return;
+  deadline = g_get_monotonic_time () + LOG_DEBT_WAIT_S * G_USEC_PER_SEC;
   g_mutex_lock (&s->debt_lock);
-  while (__atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) >= LOG_DEBT_MAX_KB * (guint64) 1024 &&
-         !g_atomic_int_get (&s->ckp_failing) && s->ckp_gave_up != s->ckp_gen)
+  while (log_debt_past (s, LOG_DEBT_MAX_KB) && !g_atomic_int_get (&s->ckp_failing) &&
+         s->ckp_gave_up != s->ckp_gen)
     if (!g_cond_wait_until (&s->debt_cond, &s->debt_lock, deadline))
       s->ckp_gave_up = s->ckp_gen;
   g_mutex_unlock (&s->debt_lock);
