@@ -49,6 +49,14 @@ def wait_for(pred, timeout, step=0.05):
     return pred()
 
 
+def store_copies(daemon, queue, body, n):
+    """Sets n copies of body in queue, pipelined in one write; all must be STORED."""
+    with daemon.client() as c:
+        c.send(b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (queue.encode(), len(body), body)
+                        for _ in range(n)))
+        assert c.read_exact(8 * n) == b"STORED\r\n" * n
+
+
 def assert_serves(daemon, queue="alive"):
     """Another client still gets full service."""
     with daemon.client() as c:
@@ -258,9 +266,7 @@ def test_client_that_never_reads_is_cut_off(make_daemon):
     d = make_daemon(["-N"], env=sanitizer_env())
     big = b"B" * (1024 * 1024)
     n = 64
-    with d.client() as c:
-        c.send(b"".join(b"set bigq 0 0 %d\r\n%s\r\n" % (len(big), big) for _ in range(n)))
-        assert c.read_exact(8 * n) == b"STORED\r\n" * n
+    store_copies(d, "bigq", big, n)
     rss0 = vmrss_kib(d.pid)
 
     hog = socket.socket()
@@ -459,9 +465,7 @@ def test_half_closed_client_that_stops_reading_does_not_make_the_daemon_spin(mak
     d = make_daemon(["-N"], env=sanitizer_env())
     big = b"H" * (1024 * 1024)
     n = 8
-    with d.client() as c:
-        c.send(b"".join(b"set hsq 0 0 %d\r\n%s\r\n" % (len(big), big) for _ in range(n)))
-        assert c.read_exact(8 * n) == b"STORED\r\n" * n
+    store_copies(d, "hsq", big, n)
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", d.port))
@@ -491,9 +495,7 @@ def test_half_closed_client_that_stops_reading_does_not_make_the_daemon_spin(mak
 def test_abrupt_close_with_replies_pending(daemon):
     """Clients that vanish (RST) with big replies and pending requests in flight."""
     big = b"A" * 200000
-    with daemon.client() as c:
-        c.send(b"".join(b"set abq 0 0 %d\r\n%s\r\n" % (len(big), big) for _ in range(20)))
-        assert c.read_exact(8 * 20) == b"STORED\r\n" * 20
+    store_copies(daemon, "abq", big, 20)
     for i in range(20):
         s = socket.create_connection(("127.0.0.1", daemon.port), timeout=IO_TIMEOUT)
         s.sendall(b"get abq\r\nstats\r\nset abq 0 0 %d\r\n%s\r\n" % (len(big), big)

@@ -98,26 +98,31 @@ def test_version(mcq_bin, flag):
     assert r.stdout.decode().strip() == "memcacheq 0.1.0", r.stdout
 
 
+def admitted_client(d, why, timeout=10):
+    """Connects until the daemon serves the connection (under -c it may refuse
+    with SERVER_ERROR or close for a moment); returns that open client."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = d.client()
+        try:
+            c.send(b"version\r\n")
+            reply = c.read_line()
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            reply = b"(closed)"
+        if reply == b"VERSION 0.1.0\r\n":
+            return c
+        c.close()
+        assert reply in (b"SERVER_ERROR too many open connections\r\n", b"(closed)"), reply
+        assert time.monotonic() < deadline, why
+        time.sleep(0.1)
+
+
 def test_max_connections(make_daemon):
     d = make_daemon(["-N", "-c", "2"])
     a = d.client()
     assert a.cmd(b"version\r\n") == b"VERSION 0.1.0\r\n"
-    b = None
-    deadline = time.monotonic() + 10
     # the readiness probe's connection may still be counted for a moment
-    while True:
-        b = d.client()
-        try:
-            b.send(b"version\r\n")
-            reply = b.read_line()
-        except (EOFError, ConnectionResetError, BrokenPipeError):
-            reply = b"(closed)"
-        if reply == b"VERSION 0.1.0\r\n":
-            break
-        assert reply in (b"SERVER_ERROR too many open connections\r\n", b"(closed)"), reply
-        b.close()
-        assert time.monotonic() < deadline, "second connection never admitted"
-        time.sleep(0.1)
+    b = admitted_client(d, "second connection never admitted")
     third = d.client()
     data = third.read_to_close()
     third.close()
@@ -126,17 +131,5 @@ def test_max_connections(make_daemon):
     assert a.cmd(b"version\r\n") == b"VERSION 0.1.0\r\n"
     assert b.cmd(b"version\r\n") == b"VERSION 0.1.0\r\n"
     a.close()
-    deadline = time.monotonic() + 10
-    while True:
-        c = d.client()
-        try:
-            c.send(b"version\r\n")
-            reply = c.read_line()
-        except (EOFError, ConnectionResetError):
-            reply = None
-        c.close()
-        if reply == b"VERSION 0.1.0\r\n":
-            break
-        assert time.monotonic() < deadline, "slot not freed after a client left"
-        time.sleep(0.1)
+    admitted_client(d, "slot not freed after a client left").close()
     b.close()
