@@ -151,6 +151,18 @@ def test_multi_get_one_message_per_queue_in_named_order(conn):
     assert conn.stats_queue_raw() == b"STAT q1 2/2\r\nSTAT q3 1/1\r\nEND\r\n"
 
 
+def test_multi_get_with_a_big_message_after_small_ones(conn):
+    """The messages of one get share a buffer that grows for a big one: the
+    small ones read before it must come back intact, in order."""
+    big = bytes(range(256)) * 300                    # 76,800 bytes
+    assert conn.set("mgs", b"small-1", flags=1) == b"STORED\r\n"
+    assert conn.set("mgs", b"small-2", flags=2) == b"STORED\r\n"
+    assert conn.set("mgb", big, flags=3) == b"STORED\r\n"
+    conn.send(b"get mgs mgs mgb mgs\r\n")
+    assert conn.read_values() == [("mgs", 1, b"small-1"), ("mgs", 2, b"small-2"), ("mgb", 3, big)]
+    assert conn.stats_queue_raw() == b"STAT mgb 1/1\r\nSTAT mgs 2/2\r\nEND\r\n"
+
+
 def test_gets_has_cas_field(conn):
     for body in (b"first", b"second", b"third"):
         assert conn.set("gq", body) == b"STORED\r\n"
