@@ -1,7 +1,7 @@
 /* store.h — the queue store: the only module that talks to Berkeley DB.
- * Requests (McqOp) are handed to a store thread, which runs them as
- * transactions, makes them durable in groups, and completes them on the
- * main context. */
+ * Requests (McqOp) run as transactions on a store thread (durable mode,
+ * made durable in groups) or on the main thread itself (-N), and complete
+ * on the main context. */
 #pragma once
 
 #include <glib.h>
@@ -78,7 +78,7 @@ struct _McqOp {
 };
 
 /* Opens (creating and recovering as needed) the environment in cfg->home
- * and starts the store thread.  The home must already be locked. */
+ * and starts its threads.  The home must already be locked. */
 McqStore *mcq_store_open (const McqStoreConfig *cfg, GError **error);
 
 /* Queues op; op->done runs later on the default main context.  The op

@@ -4,6 +4,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from conftest import Conn
 
 
@@ -173,3 +175,68 @@ def test_200_concurrent_connections(daemon):
     finally:
         for c in conns:
             c.close()
+
+
+MODES = {"nosync": ["-N"], "durable": []}
+
+
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+def test_checkpoints_keep_their_place_in_a_pipeline(make_daemon, mode):
+    # With -N, sets and gets run on the main thread and checkpoints on
+    # another; the replies must still come back in request order, and a
+    # checkpoint must not overtake the set before it.
+    d = make_daemon(mode)
+    c = d.client()
+    req, exp = [], []
+    for i in range(150):
+        body = b"m%04d" % i
+        req.append(b"set ck%d 0 0 %d\r\n%s\r\n" % (i % 3, len(body), body))
+        exp.append(b"STORED\r\n")
+        if i % 50 == 49:
+            req.append(b"db_checkpoint\r\ndb_archive\r\n")
+            exp.append(b"OK\r\nOK\r\n")
+    for i in range(150):
+        body = b"m%04d" % i
+        req.append(b"get ck%d\r\n" % (i % 3))
+        exp.append(b"VALUE ck%d 0 %d\r\n%s\r\nEND\r\n" % (i % 3, len(body), body))
+    expected = b"".join(exp)
+    c.send(b"".join(req))
+    assert c.read_exact(len(expected)) == expected
+    c.expect_silence()
+    # the checkpointed state is what a restart finds
+    assert c.set("ck_after", b"x") == b"STORED\r\n"
+    c.close()
+    d.stop()
+    d.start()
+    with d.client() as c2:
+        assert c2.stats_queue_raw() == b"STAT ck0 50/50\r\nSTAT ck1 50/50\r\nSTAT ck2 50/50\r\nSTAT ck_after 1/0\r\nEND\r\n"
+
+
+@pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
+def test_deleting_a_deep_queue_does_not_stall_the_others(make_daemon, mode):
+    # The messages of a deleted queue are removed in chunks between
+    # requests; meanwhile other queues answer at once, and a queue made
+    # again under the old name holds only its new messages.
+    d = make_daemon(mode)
+    c = d.client()
+    n = 20000
+    c.send(b"".join(b"set deep 0 0 6 noreply\r\n%06d\r\n" % i for i in range(n)))
+    assert c.cmd(b"version\r\n") == b"VERSION 0.1.0\r\n"
+    assert c.stats_queue_raw() == b"STAT deep %d/0\r\nEND\r\n" % n
+    assert c.cmd(b"delete deep\r\n") == b"DELETED\r\n"
+    worst = 0.0
+    for i in range(200):
+        t = time.monotonic()
+        assert c.set("other", b"o%d" % i) == b"STORED\r\n"
+        assert c.cmd(b"get other\r\n", b"END\r\n") == b"VALUE other 0 %d\r\no%d\r\nEND\r\n" % (len(b"o%d" % i), i)
+        worst = max(worst, time.monotonic() - t)
+    assert worst < 1.0, worst
+    assert c.set("deep", b"fresh") == b"STORED\r\n"
+    assert c.cmd(b"get deep\r\n", b"END\r\n") == b"VALUE deep 0 5\r\nfresh\r\nEND\r\n"
+    assert c.cmd(b"get deep\r\n", b"END\r\n") == b"END\r\n"
+    c.close()
+    d.stop()
+    d.start()
+    with d.client() as c2:
+        assert c2.stats_queue_raw() == b"STAT deep 1/1\r\nSTAT other 200/200\r\nEND\r\n"
+        assert c2.cmd(b"get deep\r\n", b"END\r\n") == b"END\r\n"
