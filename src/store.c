@@ -1,7 +1,7 @@
 /* store.c — persistent FIFO queues in one transactional Berkeley DB environment.
- * Owns the DB_ENV, the message and queue databases, the store thread that runs
- * every transaction (with group commit; with -N they run on the main thread)
- * and the maintenance thread. */
+ * Owns the DB_ENV and the message and queue databases; runs every transaction
+ * (on the main thread, in batches), the group-commit sync thread and the
+ * maintenance thread. */
 #include <gio/gio.h>
 #include "store.h"
 
@@ -22,20 +22,18 @@
  * so the lifetime counters can never disagree with the messages.
  *
  * Deleting a queue removes its record and files its id in purge.db in one
- * small transaction; the messages are then removed in bounded chunks when
- * the store thread is idle (with -N, one chunk per main-loop iteration), so a
- * huge queue never makes one huge transaction.
+ * small transaction; the messages are then removed in bounded chunks, one
+ * per main-loop iteration, so a huge queue never makes one huge transaction.
  * Ids are never reused, so leftover messages are unreachable meanwhile.
  *
- * Durability.  The store thread runs every op that is waiting as one batch
- * (with -N, the main thread runs them itself: see hand_over).
- * Commits inside a batch are DB_TXN_NOSYNC (they stay in the log buffer);
+ * Durability.  The main thread runs the ops it has read in batches (see
+ * hand_over).  Commits inside a batch are DB_TXN_NOSYNC (they stay in the log buffer);
  * the batch's last commit is DB_TXN_WRITE_NOSYNC, so one write() hands the
  * whole batch to the kernel before any reply leaves.  From then on a kill -9
  * of the daemon loses nothing, in either mode.  In durable mode the batch
  * then goes to the sync thread, where a single DB_ENV->log_flush fsyncs it
  * (and any other batch waiting) before its STOREDs are released: one fsync
- * covers every connection's commits (group commit), and the store thread
+ * covers every connection's commits (group commit), and the main thread
  * runs the next batch while the disk syncs.  Inside a batch, consecutive
  * sets and gets share one transaction (see "segments" below).
  *
@@ -51,26 +49,8 @@
 #define QUEUE_RECORD_SIZE (4 + 8 * 5)
 #define MSG_KEY_SIZE 12
 #define MSG_HEADER_SIZE 12
-/* A batch is at most this many ops: its replies are released only once
- * its last commit is written, and the main thread then sends them one
- * after another, so a big batch makes its first ops wait for the last
- * and then for each other's sends.  Measured, 50 connections, set+get,
- * -N (ops/s, server CPU us/op): 1024: 135k, 6.8; 24: 143k, 7.1; 16:
- * 147k, 7.2; 12: 152k, 7.1; 8: 155k, 7.2.  Durable: 1024: 93-97k;
- * 16: 99-102k; 8: 94-96k.  Time from a request's hand-over to its reply
- * on the main thread went from 235 to 210 us with 16.  Under heavy load
- * the cost is a commit (one write) per 16 ops; fsyncs still cover every
- * batch waiting. */
-#define BATCH_MAX 16
-#define INLINE_BATCH_MAX 64
-/* Requests are handed to the store thread in chunks of this many while
- * the main loop is still reading the rest, so that both threads work at
- * once instead of taking turns (one hand-over per loop iteration made a
- * convoy: 50 clients' requests read, then all run, then all answered).
- * Measured with 50 connections, -N, set+get: one hand-over per iteration
- * 112.6k ops/s; chunks of 16 130.3k, of 8 133.3k, of 4 133.5k (the same
- * CPU per op); 8 keeps the extra wake-ups few. */
-#define HANDOVER_CHUNK 8
+/* A batch is at most this many ops (see hand_over). */
+#define BATCH_MAX 64
 #define PURGE_CHUNK 512
 #define CHECKPOINT_LOG_KB (16 * 1024)
 /* Log bytes a set or a get writes besides the message itself, for the
@@ -129,12 +109,10 @@ struct _McqStore {
   DB *messages_db;
   DB *purge_db;
 
-  /* Fields marked "store thread" belong to whichever thread runs the
-   * transactions: the store thread, or the main thread with -N. */
-  GHashTable *queues;          /* store thread only: name -> Queue* */
+  GHashTable *queues;          /* main thread only: name -> Queue* */
   guint32 next_id;
   gboolean purge_pending;
-  DB_TXN *seg_txn;             /* store thread: the open segment */
+  DB_TXN *seg_txn;             /* main thread: the open segment */
   DBC *seg_cursor;             /* its cursor on messages_db for gets, or NULL */
   GArray *seg_undo;            /* Undo, one per queue the segment touched */
   guint seg_epoch;
@@ -142,14 +120,9 @@ struct _McqStore {
   guint64 seg_depth;
   guint64 seg_bytes;           /* log volume the segment adds (estimate) */
 
-  GAsyncQueue *inbox;          /* chains of ops (linked by McqOp.chain) */
   McqOp *outbox, **outbox_tail;/* main thread: submitted, not yet handed over */
   guint outbox_len;
   GSource *flusher;
-  McqOp *chain;                /* store thread: rest of the chain being taken */
-  GThread *thread;             /* NULL when ops run inline on the main thread */
-  gboolean inline_ops;         /* -N: see hand_over */
-  McqOp stop_op;               /* sentinel */
   Completion *done;            /* atomic: finished batches, newest first */
   GSource *deliverer;          /* runs them on the main context */
   GAsyncQueue *sync_inbox;     /* Completion* waiting for an fsync */
@@ -161,10 +134,10 @@ struct _McqStore {
   GCond maint_cond;
   gboolean maint_stop;
   gboolean ckp_wanted;         /* maint_lock: the log passed the threshold */
-  McqOp *maint_ops, **maint_ops_tail;  /* maint_lock: checkpoints asked for, inline mode */
+  McqOp *maint_ops, **maint_ops_tail;  /* maint_lock: checkpoints clients asked for */
 
-  GHashTable *dirty;           /* store thread: names changed in this batch */
-  guint64 depth;               /* store thread: messages in all queues */
+  GHashTable *dirty;           /* main thread: names changed in this batch */
+  guint64 depth;               /* main thread: messages in all queues */
 
   GMutex pub_lock;             /* guards `published` */
   GHashTable *published;       /* name -> McqQueueInfo*, as of the last batch */
@@ -455,7 +428,6 @@ load_queues (McqStore *s, GError **error)
   return TRUE;
 }
 
-static gpointer store_thread (gpointer data);
 static gpointer sync_thread (gpointer data);
 static GSourceFuncs flusher_funcs;
 static GSourceFuncs deliverer_funcs;
@@ -536,7 +508,6 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
       return NULL;
     }
 
-  s->inbox = g_async_queue_new ();
   s->outbox_tail = &s->outbox;
   s->flusher = g_source_new (&flusher_funcs, sizeof (GSource) + sizeof (McqStore *));
   *(McqStore **) (s->flusher + 1) = s;
@@ -555,10 +526,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
   g_cond_init (&s->maint_cond);
   s->sync_inbox = g_async_queue_new ();
   s->sync = g_thread_new ("mcq-sync", sync_thread, s);
-  s->inline_ops = cfg->no_sync;
   s->maint_ops_tail = &s->maint_ops;
-  if (!s->inline_ops)
-    s->thread = g_thread_new ("mcq-store", store_thread, s);
   s->maint_thread = g_thread_new ("mcq-maint", maint_thread, s);
   return g_steal_pointer (&s);
 }
@@ -633,16 +601,12 @@ mcq_op_set_body (McqOp *op, guint32 flags, const void *data, size_t len)
   op->flags = flags;
 }
 
-/* Ops submitted while the main loop dispatches are handed to the store
- * thread as chains: every HANDOVER_CHUNK ops, and whatever is left once
- * per loop iteration (from the flusher source's prepare), so that one
- * lock and at most one wake-up serve several requests. */
 static void run_batch (McqStore *s, McqOp **batch, guint n);
 static void purge_step (McqStore *s);
 
-/* Inline mode: a checkpoint asked for by a client runs on the maintenance
- * thread (it may take seconds, and touches no queue), after every op
- * submitted before it has run. */
+/* A checkpoint asked for by a client runs on the maintenance thread (it
+ * may take seconds, and touches no queue), after every op submitted
+ * before it has run. */
 static void
 maint_submit (McqStore *s, McqOp *op)
 {
@@ -654,12 +618,35 @@ maint_submit (McqStore *s, McqOp *op)
   g_mutex_unlock (&s->maint_lock);
 }
 
+/* The ops submitted so far run on the main thread itself, in batches of
+ * up to BATCH_MAX: as soon as that many are read, and once per loop
+ * iteration (from the flusher source's prepare) for the rest.  Only the
+ * fsync of durable mode happens elsewhere (sync_thread), so nothing here
+ * waits for a disk, and one busy thread plus one mostly asleep is what
+ * the scheduler handles best.
+ *
+ * Measured, 50 connections, set+get.  Before, a store thread ran the
+ * transactions: requests were handed to it in chunks of 8 and batches
+ * capped at 16 so that both threads worked at once.  That made 0.3
+ * context switches per op under -N, mostly the main thread preempted by
+ * the clients its replies woke, which the scheduler had pulled onto its
+ * CPU while the store thread held the other (214k involuntary switches in
+ * 5 s; 2k with the bench under SCHED_BATCH; redis-server, one busy
+ * thread, 23k).  -N: threaded 144-153k ops/s at 6.9-7.1 us of CPU per op;
+ * inline in batches of 16 157k at 6.06, of 64 165-169k at 5.66-5.74 (32:
+ * 5.76, 128: 5.86, 256: 5.98).  Durable: 96-101k either way (CPU per op
+ * 10.2 threaded, 9.9 inline), and with one connection 6.8-7.0k ops/s at
+ * p99 502-569 us threaded against 8.5-8.6k at p99 362-465 us inline (one
+ * hand-over fewer on each set's way to the fsync). */
 static void
-run_inline (McqStore *s, McqOp *op)
+hand_over (McqStore *s)
 {
-  McqOp *batch[INLINE_BATCH_MAX], *next;
+  McqOp *batch[BATCH_MAX], *op = s->outbox, *next;
   guint n = 0;
 
+  s->outbox = NULL;
+  s->outbox_tail = &s->outbox;
+  s->outbox_len = 0;
   for (; op != NULL; op = next)
     {
       gboolean to_maint = op->type == MCQ_OP_CHECKPOINT || op->type == MCQ_OP_ARCHIVE;
@@ -667,7 +654,7 @@ run_inline (McqStore *s, McqOp *op)
       next = op->chain;
       if (!to_maint)
         batch[n++] = op;
-      if (n > 0 && (to_maint || n == INLINE_BATCH_MAX || next == NULL))
+      if (n > 0 && (to_maint || n == BATCH_MAX || next == NULL))
         {
           run_batch (s, batch, n);
           n = 0;
@@ -677,45 +664,15 @@ run_inline (McqStore *s, McqOp *op)
     }
 }
 
-/* With -N the ops run on the main thread itself, in batches of up to
- * INLINE_BATCH_MAX, as soon as that many are read and once per loop
- * iteration for the rest: nothing waits for a disk, and a single busy
- * thread is what the scheduler handles best.  With the store thread, -N
- * made 0.3 context switches per op (mostly the main thread preempted by
- * the clients its replies woke, which the scheduler had pulled onto its
- * CPU while the store thread held the other).  Measured, 50 connections,
- * set+get: 144-153k ops/s at 6.9-7.1 us of CPU per op threaded; inline
- * in batches of 16 157k at 6.06, of 64 165-168k at 5.70 (32: 5.76,
- * 128: 5.86, 256: 5.98).  Durable mode keeps the store thread: there the
- * main thread would block in commits while the log is being synced
- * (inline measured 97.6k against 100-105k threaded). */
-static void
-hand_over (McqStore *s)
-{
-  if (s->outbox == NULL)
-    return;
-  if (s->inline_ops)
-    {
-      McqOp *chain = s->outbox;
-      s->outbox = NULL;
-      s->outbox_tail = &s->outbox;
-      s->outbox_len = 0;
-      run_inline (s, chain);
-      return;
-    }
-  g_async_queue_push (s->inbox, s->outbox);
-  s->outbox = NULL;
-  s->outbox_tail = &s->outbox;
-  s->outbox_len = 0;
-}
-
+/* Runs what is left at the end of each loop iteration, then, while a
+ * deleted queue's messages remain, one chunk of them per iteration. */
 static gboolean
 flusher_prepare (GSource *source, gint *timeout)
 {
   McqStore *s = *(McqStore **) (source + 1);
   hand_over (s);
   *timeout = -1;
-  if (s->inline_ops && s->purge_pending)
+  if (s->purge_pending)
     {
       purge_step (s);
       *timeout = 0;
@@ -742,21 +699,8 @@ mcq_store_submit (McqStore *s, McqOp *op)
   op->chain = NULL;
   *s->outbox_tail = op;
   s->outbox_tail = &op->chain;
-  if (++s->outbox_len >= (s->inline_ops ? INLINE_BATCH_MAX : HANDOVER_CHUNK))
+  if (++s->outbox_len >= BATCH_MAX)
     hand_over (s);
-}
-
-/* Store thread: the next op, from the chain being taken or the inbox. */
-static McqOp *
-take (McqStore *s, gboolean wait)
-{
-  McqOp *op = s->chain;
-
-  if (op == NULL)
-    op = wait ? g_async_queue_pop (s->inbox) : g_async_queue_try_pop (s->inbox);
-  if (op != NULL)
-    s->chain = op->chain;
-  return op;
 }
 
 guint
@@ -1281,13 +1225,13 @@ settle (McqStore *s, gboolean remove_logs, GError **error)
   return ok;
 }
 
-/* Store thread, before a batch that writes: waits while the log since the
- * last checkpoint is past LOG_DEBT_MAX_KB, unless checkpoints are failing
- * (a full disk: the gets that free it must not wait).  A checkpoint that
+/* Before a batch that writes: waits while the log since the last
+ * checkpoint is past LOG_DEBT_MAX_KB, unless checkpoints are failing (a
+ * full disk: the gets that free it must not wait).  A checkpoint that
  * takes longer than LOG_DEBT_WAIT_S is waited for once: the batches after
- * that go ahead until it (or a later one) has settled.  With -N this stops
- * the main loop too (no reads, replies or D-Bus calls meanwhile): only a
- * writer that outruns the disk gets here, and it is being slowed down. */
+ * that go ahead until it (or a later one) has settled.  This stops the
+ * main loop (no reads, replies or D-Bus calls meanwhile): only writers
+ * that outrun the disk get here, and they are being slowed down. */
 static void
 wait_for_checkpoint (McqStore *s)
 {
@@ -1659,7 +1603,7 @@ run_batch (McqStore *s, McqOp **batch, guint n)
   gboolean changed = publish (s);
   if (!unwritten)
     {
-      post (s, early, FALSE, !s->inline_ops);
+      post (s, early, FALSE, FALSE);
       early = NULL;
     }
   if (unwritten)
@@ -1671,8 +1615,8 @@ run_batch (McqStore *s, McqOp **batch, guint n)
           fail_all (late, ret, "flushing the log");
           fail_all (early, ret, "writing the log");
         }
-      post (s, early, FALSE, !s->inline_ops);
-      post (s, late, changed, !s->inline_ops);
+      post (s, early, FALSE, FALSE);
+      post (s, late, changed, FALSE);
     }
   else if (need_sync)
     {
@@ -1685,55 +1629,12 @@ run_batch (McqStore *s, McqOp **batch, guint n)
       g_async_queue_push (s->sync_inbox, c);
     }
   else
-    post (s, late, changed, !s->inline_ops);
-}
-
-static gpointer
-store_thread (gpointer data)
-{
-  McqStore *s = data;
-  McqOp **batch = g_new (McqOp *, BATCH_MAX);
-  gboolean stopping = FALSE;
-
-  while (!stopping)
-    {
-      McqOp *op;
-      guint n = 0;
-
-      if (s->purge_pending)
-        {
-          op = take (s, FALSE);
-          if (op == NULL)
-            {
-              purge_step (s);
-              continue;
-            }
-        }
-      else
-        op = take (s, TRUE);
-
-      /* Everything that has queued up while the last batch was being
-       * written goes into this batch. */
-      for (; op != NULL; op = n < BATCH_MAX ? take (s, FALSE) : NULL)
-        {
-          if (op == &s->stop_op)
-            {
-              stopping = TRUE;
-              break;
-            }
-          batch[n++] = op;
-        }
-
-      run_batch (s, batch, n);
-    }
-  g_async_queue_push (s->sync_inbox, &s->sync_stop);
-  g_free (batch);
-  return NULL;
+    post (s, late, changed, FALSE);
 }
 
 /* Group commit, pipelined: every batch that needs durability is queued
  * here once written; one log_flush (fsync) covers all the batches waiting,
- * and only then are their replies released.  Meanwhile the store thread
+ * and only then are their replies released.  Meanwhile the main thread
  * goes on running transactions, so the disk's sync latency is not
  * serialised with the work of the next batch. */
 static gpointer
@@ -1773,7 +1674,7 @@ sync_thread (gpointer data)
   return NULL;
 }
 
-/* Checkpoints and trickle writes run here, never on the store thread, so a
+/* Checkpoints and trickle writes run here, never on the main thread, so a
  * long flush of the cache does not hold replies back. */
 static gpointer
 maint_thread (gpointer data)
@@ -1865,14 +1766,7 @@ mcq_store_close (McqStore *s)
   if (s == NULL)
     return;
   hand_over (s);
-  if (s->thread != NULL)
-    {
-      s->stop_op.chain = NULL;
-      g_async_queue_push (s->inbox, &s->stop_op);
-      g_thread_join (s->thread);
-    }
-  else
-    g_async_queue_push (s->sync_inbox, &s->sync_stop);
+  g_async_queue_push (s->sync_inbox, &s->sync_stop);
   g_thread_join (s->sync);
 
   g_mutex_lock (&s->maint_lock);
@@ -1881,7 +1775,7 @@ mcq_store_close (McqStore *s)
   g_mutex_unlock (&s->maint_lock);
   g_thread_join (s->maint_thread);
 
-  /* Completions the store thread posted but the loop has not run yet. */
+  /* Completions the other threads posted but the loop has not run yet. */
   while (g_atomic_int_get (&s->pending) > 0 && g_main_context_iteration (NULL, FALSE))
     ;
   /* What is left carries no op, only a "queues changed" notice. */
@@ -1906,7 +1800,6 @@ mcq_store_close (McqStore *s)
   g_source_unref (s->flusher);
   g_source_destroy (s->deliverer);
   g_source_unref (s->deliverer);
-  g_async_queue_unref (s->inbox);
   g_async_queue_unref (s->sync_inbox);
   g_hash_table_destroy (s->queues);
   g_hash_table_destroy (s->dirty);

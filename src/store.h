@@ -1,6 +1,6 @@
 /* store.h — the queue store: the only module that talks to Berkeley DB.
- * Requests (McqOp) run as transactions on a store thread (durable mode,
- * made durable in groups) or on the main thread itself (-N), and complete
+ * Requests (McqOp) run as transactions on the main thread, in batches; in
+ * durable mode a sync thread makes them durable in groups; they complete
  * on the main context. */
 #pragma once
 
@@ -82,8 +82,9 @@ struct _McqOp {
 McqStore *mcq_store_open (const McqStoreConfig *cfg, GError **error);
 
 /* Queues op; op->done runs later on the default main context.  The op
- * must stay alive until then.  Main thread only: ops are handed to the
- * store thread when the main loop next prepares to poll. */
+ * must stay alive until then.  Main thread only: the ops queued run in a
+ * batch once there are enough of them or when the main loop next prepares
+ * to poll, never inside this call's caller's stack of callbacks. */
 void mcq_store_submit (McqStore *store, McqOp *op);
 
 /* Ops submitted and not yet completed on the main context. */
