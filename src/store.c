@@ -465,6 +465,15 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
    * disk use must follow its depth, or a full disk could never be freed
    * by consuming messages. */
   env->log_set_config (env, DB_LOG_AUTO_REMOVE, 1);
+  /* Durable mode zero-fills each log file when it is created, so that the
+   * batches then overwrite blocks that exist instead of growing the file,
+   * and fdatasync has no new size to commit to the file system's journal.
+   * A 4 KiB write+fdatasync here: 182-188 us appending, 132-135 us over
+   * zeroes.  50 connections, set+get: 100-102k ops/s at 9.5-9.6 us CPU per
+   * op before, 114k at 8.6-9.0 after.  -N never syncs the log: nothing to
+   * gain, and a fast fill would write every log byte twice. */
+  if (!cfg->no_sync)
+    env->log_set_config (env, DB_LOG_ZERO, 1);
   env->set_lg_max (env, MAX (LOG_FILE_BYTES, 4 * cfg->log_buffer_bytes));
 
   /* DB_PRIVATE: one process owns the environment (the home lock makes sure
