@@ -75,22 +75,30 @@ typedef struct {
   size_t len, cap;
 } Log;
 
+/* Appends n bytes at p to a growable buffer (data, len, cap), doubling
+ * from first_cap. */
 static void
-log_put (Log *l, const void *p, size_t n)
+buf_append (uint8_t **data, size_t *len, size_t *cap, size_t first_cap, const void *p, size_t n)
 {
   if (n == 0)
     return;
-  if (l->len + n > l->cap)
+  if (*len + n > *cap)
     {
-      size_t cap = l->cap ? l->cap : 256;
-      while (cap < l->len + n)
-        cap *= 2;
-      l->data = realloc (l->data, cap);
-      CHECK (l->data != NULL);
-      l->cap = cap;
+      size_t c = *cap ? *cap : first_cap;
+      while (c < *len + n)
+        c *= 2;
+      *data = realloc (*data, c);
+      CHECK (*data != NULL);
+      *cap = c;
     }
-  memcpy (l->data + l->len, p, n);
-  l->len += n;
+  memcpy (*data + *len, p, n);
+  *len += n;
+}
+
+static void
+log_put (Log *l, const void *p, size_t n)
+{
+  buf_append (&l->data, &l->len, &l->cap, 256, p, n);
 }
 
 static void
@@ -310,17 +318,7 @@ conn_feed (Conn *c, const uint8_t *data, size_t n)
 {
   if (c->closed || n == 0)
     return;
-  if (c->len + n > c->cap)
-    {
-      size_t cap = c->cap ? c->cap : 1024;
-      while (cap < c->len + n)
-        cap *= 2;
-      c->in = realloc (c->in, cap);
-      CHECK (c->in != NULL);
-      c->cap = cap;
-    }
-  memcpy (c->in + c->len, data, n);
-  c->len += n;
+  buf_append (&c->in, &c->len, &c->cap, 1024, data, n);
 
   /* The parser sees a private heap copy of exactly the buffered bytes, so
    * AddressSanitizer reports any read past the end of what it was given. */
