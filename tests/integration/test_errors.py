@@ -138,3 +138,13 @@ def test_line_of_16384_bytes_is_not_too_long(conn):
     line = b"x" * 16000 + b"\r\n"
     assert conn.cmd(line) == b"ERROR\r\n"
     assert_still_usable(conn)
+
+
+def test_delete_with_a_second_name_is_refused_and_keeps_the_queue(conn):
+    # "delete <queue> <time>" takes a number; a second queue name is a
+    # malformed line, not a request to delete both.
+    assert conn.set("dkeep", b"abc") == b"STORED\r\n"
+    assert conn.set("dother", b"xyz") == b"STORED\r\n"
+    assert conn.cmd(b"delete dkeep dother\r\n") == b"CLIENT_ERROR bad command line format\r\n"
+    assert conn.stats_queue_raw() == b"STAT dkeep 1/0\r\nSTAT dother 1/0\r\nEND\r\n"
+    assert conn.cmd(b"get dkeep\r\n", b"END\r\n") == b"VALUE dkeep 0 3\r\nabc\r\nEND\r\n"
