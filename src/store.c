@@ -1475,18 +1475,22 @@ fail_all (McqOp *first, int ret, const char *what)
       }
 }
 
-static void
-post (McqStore *s, McqOp *first, gboolean changed, gboolean wake)
+static Completion *
+completion_new (McqStore *s, McqOp *first, gboolean changed)
 {
-  Completion *c;
+  Completion *c = g_new (Completion, 1);
 
-  if (first == NULL && !changed)
-    return;
-  c = g_new (Completion, 1);
   c->store = s;
   c->first = first;
   c->changed = changed;
-  deliver (s, c, wake);
+  return c;
+}
+
+static void
+post (McqStore *s, McqOp *first, gboolean changed, gboolean wake)
+{
+  if (first != NULL || changed)
+    deliver (s, completion_new (s, first, changed), wake);
 }
 
 static gboolean
@@ -1618,11 +1622,6 @@ run_batch (McqStore *s, McqOp **batch, guint n)
    * gets can be answered now, before the sync.  If that commit failed,
    * earlier ones may still sit in the log buffer: flush first. */
   gboolean changed = publish (s);
-  if (!unwritten)
-    {
-      post (s, early, FALSE, FALSE);
-      early = NULL;
-    }
   if (unwritten)
     {
       int ret = s->env->log_flush (s->env, NULL);
@@ -1632,19 +1631,12 @@ run_batch (McqStore *s, McqOp **batch, guint n)
           fail_all (late, ret, "flushing the log");
           fail_all (early, ret, "writing the log");
         }
-      post (s, early, FALSE, FALSE);
-      post (s, late, changed, FALSE);
     }
-  else if (need_sync)
-    {
-      /* The sync thread fsyncs and releases these while this thread
-       * already runs the next batch. */
-      Completion *c = g_new (Completion, 1);
-      c->store = s;
-      c->first = late;
-      c->changed = changed;
-      g_async_queue_push (s->sync_inbox, c);
-    }
+  post (s, early, FALSE, FALSE);
+  /* The sync thread fsyncs and releases these while this thread
+   * already runs the next batch. */
+  if (need_sync && !unwritten)
+    g_async_queue_push (s->sync_inbox, completion_new (s, late, changed));
   else
     post (s, late, changed, FALSE);
 }

@@ -81,10 +81,11 @@ struct _McqOp {
  * and starts its threads.  The home must already be locked. */
 McqStore *mcq_store_open (const McqStoreConfig *cfg, GError **error);
 
-/* Queues op; op->done runs later on the default main context.  The op
- * must stay alive until then.  Main thread only: the ops queued run in a
- * batch once there are enough of them or when the main loop next prepares
- * to poll, never inside this call's caller's stack of callbacks. */
+/* Queues op; op->done runs later on the default main context, never
+ * inside this call.  The op must stay alive until then.  Main thread
+ * only: the ops queued run in a batch as soon as a full batch (64) of
+ * them is queued (inside this call) or when the main loop next prepares
+ * to poll. */
 void mcq_store_submit (McqStore *store, McqOp *op);
 
 /* Ops submitted and not yet completed on the main context. */
