@@ -182,8 +182,8 @@ MODES = {"nosync": ["-N"], "durable": []}
 
 @pytest.mark.parametrize("mode", MODES.values(), ids=MODES.keys())
 def test_checkpoints_keep_their_place_in_a_pipeline(make_daemon, mode):
-    # With -N, sets and gets run on the main thread and checkpoints on
-    # another; the replies must still come back in request order, and a
+    # Sets and gets run on the main thread and checkpoints on the
+    # maintenance thread; the replies must still come back in request order, and a
     # checkpoint must not overtake the set before it.
     d = make_daemon(mode)
     c = d.client()
