@@ -148,3 +148,17 @@ def test_delete_with_a_second_name_is_refused_and_keeps_the_queue(conn):
     assert conn.cmd(b"delete dkeep dother\r\n") == b"CLIENT_ERROR bad command line format\r\n"
     assert conn.stats_queue_raw() == b"STAT dkeep 1/0\r\nSTAT dother 1/0\r\nEND\r\n"
     assert conn.cmd(b"get dkeep\r\n", b"END\r\n") == b"VALUE dkeep 0 3\r\nabc\r\nEND\r\n"
+
+
+@pytest.mark.parametrize("line", [b"flush_all\r\n", b"flush_all 0\r\n", b"flush_all noreply\r\n",
+                                  b"touch fq 10\r\n"],
+                         ids=["flush_all", "flush_all_delay", "flush_all_noreply", "touch"])
+def test_cache_maintenance_commands_are_unknown_and_keep_messages(conn, line):
+    # A cache client's flush_all would wipe memcached; here it is an unknown
+    # command: ERROR (even with noreply, which we never parsed), nothing lost.
+    assert conn.set("fq", b"first") == b"STORED\r\n"
+    assert conn.set("fq", b"second") == b"STORED\r\n"
+    assert conn.cmd(line) == b"ERROR\r\n"
+    assert conn.stats_queue_raw() == b"STAT fq 2/0\r\nEND\r\n"
+    assert conn.cmd(b"get fq\r\n", b"END\r\n") == b"VALUE fq 0 5\r\nfirst\r\nEND\r\n"
+    assert conn.cmd(b"get fq\r\n", b"END\r\n") == b"VALUE fq 0 6\r\nsecond\r\nEND\r\n"
