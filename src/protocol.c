@@ -156,9 +156,7 @@ parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
 
   if (ntok < 5 || ntok > 6 || rest->len > 0)
     return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
-  /* A length so large that length + "\r\n" overflows cannot be skipped
-   * either: it is a malformed line, not an oversized body. */
-  if (!mcq_parse_u64 (tok[4].ptr, tok[4].len, &bytes) || bytes > G_MAXUINT64 - 2 ||
+  if (!mcq_parse_u64 (tok[4].ptr, tok[4].len, &bytes) || bytes > MCQ_DECLARED_BODY_MAX ||
       !mcq_parse_u64 (tok[2].ptr, tok[2].len, &flags) || flags > G_MAXUINT32 ||
       !mcq_parse_i64 (tok[3].ptr, tok[3].len, &exptime) ||
       (ntok == 6 && !span_is (tok[5], "noreply")))
@@ -341,7 +339,7 @@ mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *re
   if (is_foreign_storage_verb (tok[0]) && ntok >= 5)
     {
       guint64 bytes;
-      if (mcq_parse_u64 (tok[4].ptr, tok[4].len, &bytes) && bytes <= G_MAXUINT64 - 2)
+      if (mcq_parse_u64 (tok[4].ptr, tok[4].len, &bytes) && bytes <= MCQ_DECLARED_BODY_MAX)
         {
           McqParseResult r = result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
           r.discard = bytes + 2;

@@ -11,6 +11,11 @@
  * runaway: the connection gets an error and is closed.  A multi-get naming
  * 64 maximal keys still fits. */
 #define MCQ_LINE_MAX 16384
+/* A declared body length above this makes the line malformed, as in
+ * memcached (INT_MAX - 2): answering "too large" would oblige us to skip
+ * that many bytes, and a client that never sends them would have every
+ * later request swallowed.  Larger than any -B allows. */
+#define MCQ_DECLARED_BODY_MAX ((guint64) G_MAXINT32 - 2)
 
 typedef enum {
   MCQ_CMD_SET,

@@ -88,12 +88,20 @@ test_set_errors (void)
   assert_error ("set q 0 0 1 noreply extra\r\n", "CLIENT_ERROR bad command line format\r\n");
   assert_error ("set q 0 0 1 maybe\r\n", "CLIENT_ERROR bad command line format\r\n");
   assert_error ("set q 0 0 99999999999999999999999\r\n", "CLIENT_ERROR bad command line format\r\n");
-  /* lengths whose "+ 2" for the trailing CRLF would wrap around */
+  /* lengths past INT_MAX - 2 (as in memcached) are a malformed line, so
+   * nothing after it is swallowed: the client will not send such a body */
   assert_error ("set q 0 0 18446744073709551615\r\n", "CLIENT_ERROR bad command line format\r\n");
-  assert_error ("set q 0 0 18446744073709551614\r\n", "CLIENT_ERROR bad command line format\r\n");
-  r = parse ("set q 0 0 18446744073709551613\r\n", &req);
+  assert_error ("set q 0 0 18446744073709551613\r\n", "CLIENT_ERROR bad command line format\r\n");
+  r = parse ("set q 0 0 2147483646\r\nversion\r\n", &req);
+  g_assert_cmpstr (r.error, ==, "CLIENT_ERROR bad command line format\r\n");
+  g_assert_cmpuint (r.consumed, ==, strlen ("set q 0 0 2147483646\r\n"));
+  g_assert_cmpuint (r.discard, ==, 0);
+  r = parse ("set q 0 0 2147483645\r\n", &req);
   g_assert_cmpstr (r.error, ==, "SERVER_ERROR object too large for cache\r\n");
-  g_assert_cmpuint (r.discard, ==, G_MAXUINT64);
+  g_assert_cmpuint (r.discard, ==, 2147483647);
+  r = parse ("append q 0 0 2147483646\r\nversion\r\n", &req);
+  g_assert_cmpstr (r.error, ==, "ERROR\r\n");
+  g_assert_cmpuint (r.discard, ==, 0);
 
   /* a malformed line consumes only itself */
   r = parse ("set q 0 0 -1\r\nversion\r\n", &req);
