@@ -21,9 +21,15 @@
  * unbounded memory: past OUT_HIGH bytes of unsent replies or PIPELINE_MAX
  * unanswered requests we stop reading from it until it catches up. */
 #define OUT_HIGH (4 * 1024 * 1024)
-/* A client that lets more than this pile up unread (or reads nothing for
- * WRITE_STALL_S while replies wait) is cut off: it cannot make the daemon
- * hold unbounded memory.  The bound grows with -B so one maximal reply fits. */
+/* Gets take messages for a connection only while its unsent replies plus
+ * the messages taken for replies not yet formatted stay under this (or
+ * when nothing at all is owed, so that any message can be had): past it,
+ * a get answers as if the queue were empty and the messages stay queued
+ * until the client has read.  So one multi-get or a pipeline of gets
+ * cannot make the daemon hold unbounded memory, and a client that reads
+ * is never cut off with messages it was given still unsent.  The bound
+ * grows with -B so one maximal reply fits.  A client that reads nothing
+ * for WRITE_STALL_S while replies wait is cut off. */
 #define OUT_LIMIT_MIN (16 * 1024 * 1024)
 #define WRITE_STALL_S 60
 #define SWEEP_INTERVAL_S 5
@@ -47,6 +53,7 @@ struct _McqConnection {
   GByteArray *out;              /* NULL until there is something to send */
   size_t out_off;
   size_t out_peak;
+  gsize taken;                  /* bytes of messages taken by gets, not yet in out */
 
   gint64 last_write;            /* monotonic µs of the last write progress */
   gboolean read_closed;         /* peer sent EOF, or quit, or fatal error */
@@ -64,6 +71,7 @@ struct _Slot {
   gboolean noreply;
   gboolean with_cas;
   GByteArray *reply;            /* immediate reply, or formatted on completion */
+  gsize taken;                  /* this get's share of McqConnection.taken */
 };
 
 static void conn_update (McqConnection *c);
@@ -369,6 +377,9 @@ slot_done (McqOp *op)
   McqConnection *c = s->conn;
 
   s->pending = FALSE;
+  /* What the get took is in its reply now (or was given back). */
+  c->taken -= s->taken;
+  s->taken = 0;
   if (op->status == MCQ_OP_FAILED)
     reply_failure (s);
   else if (!s->noreply)
@@ -440,6 +451,28 @@ slot_new (McqConnection *c, McqCommand cmd)
   return s;
 }
 
+/* The store asks before a get takes a message (see OUT_LIMIT_MIN). */
+static gboolean
+slot_room (McqOp *op, gssize bytes)
+{
+  Slot *s = op->user_data;
+  McqConnection *c = s->conn;
+  guint64 limit = MAX ((guint64) OUT_LIMIT_MIN, 2 * c->server->max_body + 65536);
+
+  if (bytes > 0)
+    {
+      /* A client that is gone would lose what it is given. */
+      if (c->closed)
+        return FALSE;
+      if ((out_pending (c) > 0 || c->taken > 0) &&
+          out_pending (c) + c->taken + (guint64) bytes > limit)
+        return FALSE;
+    }
+  s->taken += (gsize) bytes;
+  c->taken += (gsize) bytes;
+  return TRUE;
+}
+
 static void
 slot_submit (Slot *s, McqOpType type)
 {
@@ -448,6 +481,7 @@ slot_submit (Slot *s, McqOpType type)
   s->pending = TRUE;
   s->op.type = type;
   s->op.done = slot_done;
+  s->op.room = slot_room;
   s->op.user_data = s;
   c->refs++;
   mcq_store_submit (c->server->store, &s->op);
@@ -701,13 +735,6 @@ conn_update (McqConnection *c)
       /* Draining closes between requests: every request read has been
        * answered and none is half received, so the client sees a clean
        * end of stream rather than a reset. */
-      conn_close (c);
-      return;
-    }
-  if (out_pending (c) > MAX ((guint64) OUT_LIMIT_MIN, 2 * c->server->max_body + 65536))
-    {
-      g_info (_("cutting off a client that does not read its replies (%zu bytes unsent)"),
-              out_pending (c));
       conn_close (c);
       return;
     }

@@ -995,9 +995,10 @@ read_into (McqStore *s, DBT *k, GByteArray *values, guint start)
  * header gives the queue's new oldest-message time) reuse the position.
  * Three separate DB calls cost three searches and three cursors.  The
  * message is read into op->values, which is kept with the op, so a get
- * allocates nothing once warm. */
+ * allocates nothing once warm.  If op->room declines it, the message
+ * stays where it is and *declined is set. */
 static int
-take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m)
+take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
 {
   guint8 key[MSG_KEY_SIZE], next_key[MSG_KEY_SIZE], header[MSG_HEADER_SIZE];
   guint start = op->values->len;
@@ -1013,6 +1014,12 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m)
     return ret;
   if (op->values->len - start < MSG_HEADER_SIZE)
     return DB_NOTFOUND;
+  if (op->room != NULL && !op->room (op, (gssize) (op->values->len - start - MSG_HEADER_SIZE)))
+    {
+      g_byte_array_set_size (op->values, start);
+      *declined = TRUE;
+      return 0;
+    }
   if ((ret = s->seg_cursor->del (s->seg_cursor, 0)) != 0)
     return ret;
   m->flags = get_be32 (op->values->data + start);
@@ -1058,6 +1065,7 @@ seg_get (McqStore *s, McqOp *op)
   for (i = 0; (name = mcq_op_next_key (op, &pos)) != NULL; i++)
     {
       Queue *q = g_hash_table_lookup (s->queues, name);
+      gboolean declined = FALSE;
       int ret;
 
       m = &g_array_index (op->messages, McqMessage, i);
@@ -1066,9 +1074,11 @@ seg_get (McqStore *s, McqOp *op)
       if (q == NULL || q->head == q->tail)
         continue;
       seg_touch (s, q);
-      if ((ret = take_head (s, q, op, m)) != 0)
+      if ((ret = take_head (s, q, op, m, &declined)) != 0)
         return db_fail (ret, &op->error, ret == DB_NOTFOUND ? "a message is missing from its queue"
                                                             : "reading a message");
+      if (declined)
+        continue;
       m->data = op->values->data;   /* placeholder: set below, once values stops growing */
       q->dequeued++;
       q->bytes -= MIN (q->bytes, m->len);
@@ -1089,7 +1099,12 @@ op_forget_results (McqOp *op)
 {
   if (op->messages != NULL)
     for (guint i = 0; i < op->messages->len; i++)
-      g_array_index (op->messages, McqMessage, i).data = NULL;
+      {
+        McqMessage *m = &g_array_index (op->messages, McqMessage, i);
+        if (m->data != NULL && op->room != NULL)
+          op->room (op, -(gssize) m->len);
+        m->data = NULL;
+      }
   if (op->values != NULL)
     g_byte_array_set_size (op->values, 0);
 }

@@ -53,10 +53,16 @@ typedef struct {
 
 typedef struct _McqOp McqOp;
 typedef void (*McqOpDoneFunc) (McqOp *op);
+/* GET only: asked on the main thread before each message is taken
+ * (bytes > 0: TRUE to take it, FALSE to leave it queued and answer that
+ * key as empty), and told of taken messages given back to their queue
+ * because the transaction failed (bytes < 0; the return is ignored). */
+typedef gboolean (*McqOpRoomFunc) (McqOp *op, gssize bytes);
 
 struct _McqOp {
   McqOpType type;
   McqOpDoneFunc done;          /* runs on the main context when the op is durable */
+  McqOpRoomFunc room;          /* GET, optional: see McqOpRoomFunc */
   gpointer user_data;
 
   /* input */
