@@ -119,6 +119,7 @@ struct _McqStore {
   guint32 seg_next_id;
   guint64 seg_depth;
   guint64 seg_bytes;           /* log volume the segment adds (estimate) */
+  guint64 seg_ovfl_bytes;      /* database space its overflow items add beyond that */
 
   McqOp *outbox, **outbox_tail;/* main thread: submitted, not yet handed over */
   guint outbox_len;
@@ -146,6 +147,8 @@ struct _McqStore {
 
   gint pending;                /* atomic */
   guint64 log_debt;            /* atomic: bytes committed since the last checkpoint */
+  guint64 ovfl_debt;           /* atomic: what overflow pages add to it, for the
+                                  free-space check (see stored_bytes) */
   gint space_pressure;         /* atomic: sets are being refused for lack of space */
   GMutex ckp_lock;             /* one checkpoint (and log_debt settlement) at a time */
   GMutex debt_lock;            /* with debt_cond: writers waiting for a checkpoint */
@@ -793,6 +796,7 @@ seg_begin (McqStore *s, GError **error)
   s->seg_next_id = s->next_id;
   s->seg_depth = s->depth;
   s->seg_bytes = 0;
+  s->seg_ovfl_bytes = 0;
   return begin (s, &s->seg_txn, error);
 }
 
@@ -896,6 +900,7 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
     mark_dirty (s, g_array_index (s->seg_undo, Undo, i).q->name);
   g_array_set_size (s->seg_undo, 0);
   add_log_debt (s, s->seg_bytes);
+  __atomic_add_fetch (&s->ovfl_debt, s->seg_ovfl_bytes, __ATOMIC_RELAXED);
   return TRUE;
 }
 
@@ -932,6 +937,24 @@ add_log_debt (McqStore *s, guint64 bytes)
     }
 }
 
+/* Database space a record of len bytes takes beyond len + LOG_OP_OVERHEAD.
+ * A btree item bigger than about a quarter of a page goes to overflow
+ * pages of its own: a 1012-byte record fills a whole 4 KiB page, 3.3 times
+ * what the log estimate counts, and the free-space check, trusting that
+ * estimate, let a disk of big messages fill up to the last block (gets
+ * then failed for lack of room to log, and recovery with them). */
+static guint64
+ovfl_excess (McqStore *s, guint64 len)
+{
+  guint64 page = s->cfg.page_size != 0 ? s->cfg.page_size : 4096;
+  guint64 per_page = page - 32;       /* less each page's header */
+
+  if (len <= page / 4 - 40)
+    return 0;
+  guint64 bytes = (len + per_page - 1) / per_page * page;
+  return bytes > len + LOG_OP_OVERHEAD ? bytes - (len + LOG_OP_OVERHEAD) : 0;
+}
+
 static gboolean
 seg_set (McqStore *s, McqOp *op)
 {
@@ -963,6 +986,7 @@ seg_set (McqStore *s, McqOp *op)
   q->bytes += op->body->len - MSG_HEADER_SIZE;
   s->depth++;
   s->seg_bytes += op->body->len + LOG_OP_OVERHEAD;
+  s->seg_ovfl_bytes += ovfl_excess (s, op->body->len);
   return TRUE;
 }
 
@@ -1040,11 +1064,18 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
   v.doff = 0;
   v.flags = DB_DBT_USERMEM | DB_DBT_PARTIAL;
   encode_msg_key (q->id, q->head, key);
-  if (s->seg_cursor->get (s->seg_cursor, &k, &v, DB_NEXT) == 0 && k.size == MSG_KEY_SIZE &&
-      memcmp (next_key, key, MSG_KEY_SIZE) == 0 && v.size >= MSG_HEADER_SIZE)
+  /* Stepping off the deleted record is what removes it from its page (and
+   * frees its overflow pages): a failure here, e.g. no space to log that,
+   * must fail the transaction, or it commits a half-removed record that
+   * makes every later message of the page unreadable. */
+  ret = s->seg_cursor->get (s->seg_cursor, &k, &v, DB_NEXT);
+  if (ret == 0 && k.size == MSG_KEY_SIZE && memcmp (next_key, key, MSG_KEY_SIZE) == 0 &&
+      v.size >= MSG_HEADER_SIZE)
     q->head_time = (gint64) get_be64 (header + 4);
-  else
+  else if (ret == 0 || ret == DB_NOTFOUND || ret == DB_BUFFER_SMALL)
     q->head_time = read_enqueue_time (s, s->seg_txn, q->id, q->head);
+  else
+    return ret;
   return 0;
 }
 
@@ -1245,9 +1276,13 @@ settle (McqStore *s, gboolean remove_logs, GError **error)
 
   g_mutex_lock (&s->ckp_lock);
   guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED);
+  guint64 ovfl = __atomic_load_n (&s->ovfl_debt, __ATOMIC_RELAXED);
   ok = remove_logs ? archive (s, error) : checkpoint (s, error);
   if (ok)
-    __atomic_sub_fetch (&s->log_debt, debt, __ATOMIC_RELAXED);
+    {
+      __atomic_sub_fetch (&s->log_debt, debt, __ATOMIC_RELAXED);
+      __atomic_sub_fetch (&s->ovfl_debt, ovfl, __ATOMIC_RELAXED);
+    }
   g_atomic_int_set (&s->ckp_failing, !ok);
   g_mutex_unlock (&s->ckp_lock);
   g_mutex_lock (&s->debt_lock);
@@ -1479,11 +1514,12 @@ op_released_early (const McqStore *s, const McqOp *op)
   return s->cfg.no_sync || op->type == MCQ_OP_GET || op->type == MCQ_OP_STATS_QUEUE;
 }
 
+/* Fails every op of the list (with keep_gets, every one but the gets). */
 static void
-fail_all (McqOp *first, int ret, const char *what)
+fail_all (McqOp *first, gboolean keep_gets, int ret, const char *what)
 {
   for (McqOp *o = first; o != NULL; o = o->next)
-    if (o->status != MCQ_OP_FAILED)
+    if (o->status != MCQ_OP_FAILED && !(keep_gets && o->type == MCQ_OP_GET))
       {
         o->status = MCQ_OP_FAILED;
         db_fail (ret, &o->error, what);
@@ -1533,7 +1569,8 @@ refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
   reserve = MIN ((guint64) DISK_RESERVE_BYTES, (guint64) st.f_blocks * st.f_frsize / 4);
   /* What sits in the cache and log but not yet in the database files will
    * take that much space again when the next checkpoint writes it out. */
-  guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED);
+  guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) +
+                 __atomic_load_n (&s->ovfl_debt, __ATOMIC_RELAXED);
   if (avail >= reserve + debt)
     {
       g_atomic_int_set (&s->space_pressure, 0);
@@ -1642,9 +1679,17 @@ run_batch (McqStore *s, McqOp **batch, guint n)
       int ret = s->env->log_flush (s->env, NULL);
       if (ret != 0)
         {
+          /* The commits stand (they are in the log buffer; the next flush
+           * that succeeds writes them), so the gets keep their messages:
+           * answering them with an error would lose the messages they
+           * took, while answering them risks only a message coming back
+           * if the daemon dies before the log is written (at least once).
+           * Sets and deletes get the error, since their reply would claim
+           * a write that did not happen; a set retried by its client may
+           * then be stored twice. */
           g_warning ("flushing the log: %s", db_strerror (ret));
-          fail_all (late, ret, "flushing the log");
-          fail_all (early, ret, "writing the log");
+          fail_all (late, FALSE, ret, "flushing the log");
+          fail_all (early, TRUE, ret, "writing the log");
         }
     }
   post (s, early, FALSE, FALSE);
@@ -1717,7 +1762,7 @@ sync_thread (gpointer data)
         {
           c = group->pdata[i];
           if (ret != 0)
-            fail_all (c->first, ret, "flushing the log");
+            fail_all (c->first, FALSE, ret, "flushing the log");
           deliver (s, c, TRUE);
         }
     }

@@ -28,6 +28,7 @@ Needs root (mount); skipped otherwise.
 """
 
 import hashlib
+import os
 import signal
 import subprocess
 
@@ -153,3 +154,95 @@ def test_restart_on_full_disk_is_clean_and_data_intact(full_disk):
                and "write failed" not in l and "BDB0137" not in l]
         pytest.fail("the daemon did not come back on the full disk (exit code %r):\n%s"
                     % (d.proc.poll(), "\n".join(log[-8:])))
+
+
+def fill_with_ballast(mnt):
+    """Takes every block left on the tmpfs, as another program would."""
+    chunk = b"\0" * 65536
+    with open(mnt / "ballast", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+    chunk = b"\0" * 512
+    with open(mnt / "ballast2", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+
+
+def test_gets_on_a_disk_filled_by_another_program_lose_nothing(full_disk, small_tmpfs):
+    """Past the daemon's reserve, another program takes the last block: a get
+    that cannot log its removal must fail whole (its message stays first in
+    the queue), and one that answers must have really taken its message; once
+    there is room again every stored message comes back exactly once, in
+    order, and a restart finds nothing left over."""
+    d, c, stored, error = full_disk
+    assert error is not None
+    fill_with_ballast(small_tmpfs)
+    delivered, failures = [], 0
+    for _ in range(20):
+        c.send(b"get dfq\r\n" * 10)
+        for _ in range(10):
+            line = c.read_line()
+            if line == b"END\r\n":
+                continue
+            if line.startswith(b"SERVER_ERROR"):
+                failures += 1
+                continue
+            parts = line.split()
+            assert parts[0] == b"VALUE", line
+            data = c.read_exact(int(parts[3]) + 2)[:-2]
+            assert c.read_line() == b"END\r\n"
+            i = int(parts[2])
+            assert data == body_for(i), "message %d damaged" % i
+            delivered.append(i)
+    assert failures > 0, "no get failed on a disk without a free block: test did not bite"
+    (small_tmpfs / "ballast").unlink()
+    (small_tmpfs / "ballast2").unlink()
+    remount(small_tmpfs, "96m")
+    rest = []
+    for _ in range(len(stored) + 1):
+        c.send(b"get dfq\r\n")
+        vals = c.read_values()
+        if not vals:
+            break
+        rest.append(vals[0][1])
+        assert vals[0][2] == body_for(vals[0][1])
+    assert delivered + rest == list(range(len(stored))), \
+        "lost or repeated: %d delivered on the full disk, %d after, %d stored" % (
+            len(delivered), len(rest), len(stored))
+    c.close()
+    d.stop()
+    d.start()
+    with d.client(timeout=30) as c2:
+        assert c2.get("dfq") is None
+
+
+def test_reserve_holds_with_messages_that_fill_whole_pages(small_tmpfs, make_daemon):
+    """1000-byte messages each take a whole 4 KiB overflow page in the
+    database, over three times what their log records suggest: once sets are
+    refused, the checkpoint that follows must still leave free space, and
+    every stored message must come back."""
+    d = make_daemon([], home=small_tmpfs / "home")
+    body = b"k" * 1000
+    stored = 0
+    with d.client(timeout=30) as c:
+        for _ in range(400):
+            c.send(b"set kq 0 0 1000\r\n%s\r\n" % body * 50)
+            replies = [c.read_line() for _ in range(50)]
+            stored += replies.count(b"STORED\r\n")
+            refused = [r for r in replies if r != b"STORED\r\n"]
+            assert all(r.startswith(b"SERVER_ERROR out of disk space") for r in refused), refused
+            if refused:
+                break
+        assert refused, "never refused on a %s tmpfs" % TMPFS_SIZE
+        assert c.cmd(b"db_checkpoint\r\n") == b"OK\r\n"
+        st = os.statvfs(small_tmpfs)
+        assert st.f_bavail * st.f_frsize >= 1024 * 1024, \
+            "%d KiB left after the checkpoint" % (st.f_bavail * st.f_frsize // 1024)
+        got = c.drain("kq", stored)
+        assert len(got) == stored and all(b == body for b in got)
