@@ -42,11 +42,74 @@ level_prefix (GLogLevelFlags level)
   return "";
 }
 
+/* Warnings are rate-limited: a failing disk makes every request warn, and
+ * a review run on a full disk wrote millions of lines.  At most
+ * WARN_BURST warnings per WARN_WINDOW_S are logged; the count of the ones
+ * dropped is logged with the first warning of the next window. */
+#define WARN_BURST 50
+#define WARN_WINDOW_S 10
+
+static GMutex warn_lock;
+static gint64 warn_window_start;
+static guint warn_count, warn_dropped;
+
+/* Whether this warning may be logged; *dropped is set to the warnings
+ * dropped in the window that just ended, to be reported. */
+static gboolean
+warning_allowed (guint *dropped)
+{
+  gint64 now = g_get_monotonic_time ();
+  gboolean ok;
+
+  g_mutex_lock (&warn_lock);
+  *dropped = 0;
+  if (now - warn_window_start >= WARN_WINDOW_S * G_USEC_PER_SEC)
+    {
+      *dropped = warn_dropped;
+      warn_dropped = 0;
+      warn_count = 0;
+      warn_window_start = now;
+    }
+  ok = ++warn_count <= WARN_BURST;
+  if (!ok)
+    warn_dropped++;
+  g_mutex_unlock (&warn_lock);
+  return ok;
+}
+
+static GLogWriterOutput emit (GLogLevelFlags level, const GLogField *fields, gsize n_fields,
+                              gpointer user_data);
+
 static GLogWriterOutput
 writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
 {
+  guint dropped = 0;
+
   if (!wanted (level))
     return G_LOG_WRITER_HANDLED;
+  if ((level & (G_LOG_LEVEL_WARNING | G_LOG_LEVEL_CRITICAL)) && !warning_allowed (&dropped))
+    return G_LOG_WRITER_HANDLED;
+  if (dropped > 0)
+    {
+      /* Same fields as this record (priority, domain), another message. */
+      g_autofree char *text = g_strdup_printf (_("%u more warnings in the previous %d s were not logged"),
+                                               dropped, WARN_WINDOW_S);
+      GLogField *copy = g_newa (GLogField, n_fields);
+      memcpy (copy, fields, n_fields * sizeof (GLogField));
+      for (gsize i = 0; i < n_fields; i++)
+        if (g_strcmp0 (copy[i].key, "MESSAGE") == 0)
+          {
+            copy[i].value = text;
+            copy[i].length = -1;
+          }
+      emit (level, copy, n_fields, user_data);
+    }
+  return emit (level, fields, n_fields, user_data);
+}
+
+static GLogWriterOutput
+emit (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
+{
   if (to_journal)
     {
       /* journalctl -t memcacheq needs SYSLOG_IDENTIFIER, which GLib does
