@@ -157,21 +157,15 @@ def test_restart_on_full_disk_is_clean_and_data_intact(full_disk):
 
 
 def fill_with_ballast(mnt):
-    """Takes every block left on the tmpfs, as another program would."""
-    chunk = b"\0" * 65536
-    with open(mnt / "ballast", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError:
-            pass
-    chunk = b"\0" * 512
-    with open(mnt / "ballast2", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError:
-            pass
+    """Takes every block left on the tmpfs, as another program would: big
+    writes, then small ones for the last partial chunk."""
+    for name, size in (("ballast", 65536), ("ballast2", 512)):
+        with open(mnt / name, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
 
 
 def test_gets_on_a_disk_filled_by_another_program_lose_nothing(full_disk, small_tmpfs):
