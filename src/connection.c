@@ -89,9 +89,10 @@ static void conn_process_input (McqConnection *c);
 /* Finished slots are kept for reuse, with their op's buffers, so that a
  * connection in steady state allocates nothing per request.  Only small
  * buffers are kept: with 64 KiB, a burst of 60 KB messages left ~360 MB
- * held by idle slots after every client had gone.  At 2 KiB (4 KiB of
- * capacity at most, for the body and for the values) the cache holds at
- * most 32 MiB, and a message that big costs one allocation per request. */
+ * held by idle slots after every client had gone.  At 2 KiB a kept body
+ * has at most 4 KiB of capacity and kept values at most 8 KiB (a get
+ * reads into 4 KiB of room past what it holds), so the cache holds at
+ * most 48 MiB; a bigger message costs one allocation per request. */
 #define SLOT_CACHE_MAX 4096
 #define SLOT_BODY_KEEP (2 * 1024)
 
