@@ -77,8 +77,31 @@ warning_allowed (guint *dropped)
   return ok;
 }
 
-static GLogWriterOutput emit (GLogLevelFlags level, const GLogField *fields, gsize n_fields,
-                              gpointer user_data);
+static GLogWriterOutput
+emit (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
+{
+  if (to_journal)
+    {
+      /* journalctl -t memcacheq needs SYSLOG_IDENTIFIER, which GLib does
+       * not add on its own. */
+      GLogField *all = g_newa (GLogField, n_fields + 1);
+      memcpy (all, fields, n_fields * sizeof (GLogField));
+      all[n_fields].key = "SYSLOG_IDENTIFIER";
+      all[n_fields].value = "memcacheq";
+      all[n_fields].length = -1;
+      if (g_log_writer_journald (level, all, n_fields + 1, user_data) == G_LOG_WRITER_HANDLED)
+        return G_LOG_WRITER_HANDLED;
+    }
+  /* GLib's own stream writer sends info and debug to stdout; a daemon's
+   * log belongs on stderr whatever its level, one plain line per record. */
+  const char *message = NULL;
+  for (gsize i = 0; i < n_fields; i++)
+    if (g_strcmp0 (fields[i].key, "MESSAGE") == 0)
+      message = fields[i].value;
+  fprintf (stderr, "memcacheq: %s%s\n", level_prefix (level), message ? message : "");
+  fflush (stderr);
+  return G_LOG_WRITER_HANDLED;
+}
 
 static GLogWriterOutput
 writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
@@ -105,32 +128,6 @@ writer (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer 
       emit (level, copy, n_fields, user_data);
     }
   return emit (level, fields, n_fields, user_data);
-}
-
-static GLogWriterOutput
-emit (GLogLevelFlags level, const GLogField *fields, gsize n_fields, gpointer user_data)
-{
-  if (to_journal)
-    {
-      /* journalctl -t memcacheq needs SYSLOG_IDENTIFIER, which GLib does
-       * not add on its own. */
-      GLogField *all = g_newa (GLogField, n_fields + 1);
-      memcpy (all, fields, n_fields * sizeof (GLogField));
-      all[n_fields].key = "SYSLOG_IDENTIFIER";
-      all[n_fields].value = "memcacheq";
-      all[n_fields].length = -1;
-      if (g_log_writer_journald (level, all, n_fields + 1, user_data) == G_LOG_WRITER_HANDLED)
-        return G_LOG_WRITER_HANDLED;
-    }
-  /* GLib's own stream writer sends info and debug to stdout; a daemon's
-   * log belongs on stderr whatever its level, one plain line per record. */
-  const char *message = NULL;
-  for (gsize i = 0; i < n_fields; i++)
-    if (g_strcmp0 (fields[i].key, "MESSAGE") == 0)
-      message = fields[i].value;
-  fprintf (stderr, "memcacheq: %s%s\n", level_prefix (level), message ? message : "");
-  fflush (stderr);
-  return G_LOG_WRITER_HANDLED;
 }
 
 void

@@ -148,7 +148,7 @@ struct _McqStore {
   gint pending;                /* atomic */
   guint64 log_debt;            /* atomic: bytes committed since the last checkpoint */
   guint64 ovfl_debt;           /* atomic: what overflow pages add to it, for the
-                                  free-space check (see stored_bytes) */
+                                  free-space check (see ovfl_excess) */
   gint space_pressure;         /* atomic: sets are being refused for lack of space */
   GMutex ckp_lock;             /* one checkpoint (and log_debt settlement) at a time */
   GMutex debt_lock;            /* with debt_cond: writers waiting for a checkpoint */
