@@ -150,6 +150,20 @@ def test_delete_with_a_second_name_is_refused_and_keeps_the_queue(conn):
     assert conn.cmd(b"get dkeep\r\n", b"END\r\n") == b"VALUE dkeep 0 3\r\nabc\r\nEND\r\n"
 
 
+@pytest.mark.parametrize("line", [b"delete dt 5\r\n", b"delete dt -1\r\n",
+                                  b"delete dt 0 noreply extra\r\n"],
+                         ids=["delay", "negative", "extra_word"])
+def test_delete_with_a_delay_or_extra_words_is_refused_and_keeps_the_queue(conn, line):
+    # Only "delete <queue> [0] [noreply]" is understood (memcached dropped
+    # delayed deletes too): anything else is a malformed line, and the
+    # queue keeps both messages, in order.
+    assert conn.set("dt", b"abc") == b"STORED\r\n"
+    assert conn.set("dt", b"def") == b"STORED\r\n"
+    assert conn.cmd(line) == b"CLIENT_ERROR bad command line format\r\n"
+    assert conn.stats_queue_raw() == b"STAT dt 2/0\r\nEND\r\n"
+    assert conn.get("dt", "dt") == [("dt", 0, b"abc"), ("dt", 0, b"def")]
+
+
 @pytest.mark.parametrize("line", [b"flush_all\r\n", b"flush_all 0\r\n", b"flush_all noreply\r\n",
                                   b"touch fq 10\r\n"],
                          ids=["flush_all", "flush_all_delay", "flush_all_noreply", "touch"])
