@@ -272,14 +272,12 @@ open_db (McqStore *s, DB **out, const char *file, GError **error)
       db->close (db, 0);
       return db_fail (ret, error, "page size");
     }
-  /* Not DB_REVSPLITOFF, although it looks made for a FIFO: freeing the
-   * emptied leaf that happens to be the file's last page makes Berkeley DB
-   * flush and fsync the log on the spot, on the main thread (160-450
-   * fsyncs there in 4 s of durable set+get, 87% of them for this, the rest
-   * at log file switches); the flag avoided that (+6% ops/s) but
-   * never gave emptied pages back: messages.db grew 79 -> 158 -> 237 MB
-   * over three fill-and-drain rounds of 300,000 messages, where it stays
-   * at 79 MB without it. */
+  /* Not DB_REVSPLITOFF, although it looks made for a FIFO: it kept
+   * emptied leaves from being freed, and so the fsyncs that freeing the
+   * file's last page costs (see reserve_pages), but it never gave emptied
+   * pages back: messages.db grew 79 -> 158 -> 237 MB over three
+   * fill-and-drain rounds of 300,000 messages, where it stays at 79 MB
+   * without it. */
   ret = db->open (db, NULL, file, NULL, DB_BTREE,
                   DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, 0600);
   if (ret != 0)
@@ -439,6 +437,68 @@ load_queues (McqStore *s, GError **error)
   return TRUE;
 }
 
+/* Free pages kept at the low end of messages.db's free list.
+ *
+ * Berkeley DB gives a freed page back to the file system when it is the
+ * file's last page, and then flushes and fsyncs the log on the spot so
+ * that the truncation cannot outrun its log record: in the caller's
+ * thread, i.e. the main loop.  A queue that stays short keeps emptying
+ * and refilling a few leaves; with no free page left, each new leaf
+ * extends the file, becomes its last page, and is truncated again once
+ * consumed: 120-160 synchronous fsyncs per second on the main thread in
+ * durable set+get with 50 connections (each one stalls every client for
+ * 0.2-2 ms).  So every start takes PAGE_RESERVE_BYTES of pages (one
+ * overflow page per filler record, under the unused queue id 0) and frees
+ * them again, highest first: the free list is a stack, so its top is then
+ * the lowest of them and a short queue's churn reuses those, far from the
+ * end of the file.  Only the first free, of the last page, truncates.
+ * DB_REVSPLITOFF avoided the fsyncs too but never gave emptied pages back
+ * (see open_db).  A failure here costs only speed: logged, not fatal. */
+#define PAGE_RESERVE_BYTES (512 * 1024)
+
+static void
+reserve_pages (McqStore *s)
+{
+  u_int32_t page_size = 4096;
+  DB_TXN *txn = NULL;
+  guint8 key[MSG_KEY_SIZE];
+  DBT k, v;
+  guint32 n, i;
+  int ret;
+
+  s->messages_db->get_pagesize (s->messages_db, &page_size);
+  n = MAX (16u, PAGE_RESERVE_BYTES / page_size);
+  /* Half a page: past the size that Berkeley DB stores on a leaf, within
+   * what one overflow page holds. */
+  g_autofree guint8 *filler = g_malloc0 (page_size / 2);
+
+  if ((ret = s->env->txn_begin (s->env, NULL, &txn, 0)) != 0)
+    goto fail;
+  for (i = 1; i <= n; i++)
+    {
+      encode_msg_key (0, i, key);
+      dbt_init (&k, key, sizeof key);
+      dbt_init (&v, filler, page_size / 2);
+      if ((ret = s->messages_db->put (s->messages_db, txn, &k, &v, 0)) != 0)
+        goto fail;
+    }
+  for (i = n; i >= 1; i--)
+    {
+      encode_msg_key (0, i, key);
+      dbt_init (&k, key, sizeof key);
+      if ((ret = s->messages_db->del (s->messages_db, txn, &k, 0)) != 0)
+        goto fail;
+    }
+  ret = txn->commit (txn, 0);
+  txn = NULL;
+  if (ret == 0)
+    return;
+fail:
+  if (txn != NULL)
+    txn->abort (txn);
+  g_warning ("reserving free pages in messages.db: %s", db_strerror (ret));
+}
+
 static gpointer sync_thread (gpointer data);
 static GSourceFuncs flusher_funcs;
 static GSourceFuncs deliverer_funcs;
@@ -528,6 +588,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
       return NULL;
     }
 
+  reserve_pages (s);
   s->outbox_tail = &s->outbox;
   s->flusher = g_source_new (&flusher_funcs, sizeof (GSource) + sizeof (McqStore *));
   *(McqStore **) (s->flusher + 1) = s;
