@@ -3,7 +3,8 @@ loop, which reads and answers every client: an fsync there (0.2-2 ms) stalls
 all of them.  Berkeley DB syncs in the caller's thread when it truncates
 messages.db (the file's last page freed), which a few short queues churning
 used to do hundreds of times per second; the one place left is the switch
-to a new log file."""
+to a new log file.  And the sync thread must not push the main loop off
+its CPU every time it wakes up."""
 
 import os
 import re
@@ -94,3 +95,24 @@ def test_short_queues_churning_never_make_the_main_loop_fsync(make_daemon, tmp_p
     assert len(on_main) <= switches + 2, (
         "%d fsyncs on the main loop for %d sets and %d log switches:\n%s"
         % (len(on_main), sets, switches, "\n".join(on_main[:20])))
+
+
+def _thread_policies(pid):
+    """comm -> scheduling policy (field 41 of stat: 0 normal, 3 batch)."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+            stat = f.read()
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        out[comm] = int(stat[stat.rindex(")") + 2:].split()[38])
+    return out
+
+
+def test_the_sync_thread_does_not_preempt_the_main_loop(make_daemon):
+    """Its wake-ups (three per fsync) used to preempt the main thread
+    thousands of times per second: it runs under SCHED_BATCH, the main
+    thread stays a normal one."""
+    d = make_daemon([])
+    policies = _thread_policies(d.pid)
+    assert policies["mcq-sync"] == 3, policies
+    assert policies["memcacheq"] == 0, policies

@@ -153,6 +153,10 @@ def test_sandbox(boot):
     assert int(r["proc_CapEff"], 16) == 0 and int(r["proc_CapBnd"], 16) == 0
     assert r["proc_NoNewPrivs"] == "1"
     assert r["proc_Seccomp"] == "2", "no seccomp filter"
+    # The seccomp filter lets the sync thread take SCHED_BATCH (3), and
+    # nothing else changes policy.
+    assert r["thread_policies"]["mcq-sync"] == 3, r["thread_policies"]
+    assert r["thread_policies"]["memcacheq"] == 0, r["thread_policies"]
     assert r["state_dir_is_link"], "/var/lib/memcacheq is not DynamicUser='s link to private/"
     assert "memcacheq.lock" in r["state_dir"] and any(f.startswith("log.") for f in r["state_dir"])
 

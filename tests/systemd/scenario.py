@@ -235,6 +235,13 @@ def step_activation():
             r["env_" + k.decode()] = env.get(k, b"").decode() or None
         r["cmdline"] = open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")[:-1]
         r["cmdline"] = [a.decode() for a in r["cmdline"]]
+        # Scheduling policy of each thread (field 41 of stat: 0 normal, 3 batch).
+        r["thread_policies"] = {}
+        for tid in os.listdir("/proc/%d/task" % pid):
+            stat = open("/proc/%d/task/%s/stat" % (pid, tid)).read()
+            fields = stat[stat.rindex(")") + 2:].split()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            r["thread_policies"][comm] = int(fields[38])
     except OSError as e:
         r["proc_error"] = repr(e)
     r["user"] = run("getent", "passwd", "memcacheq").stdout.strip()
