@@ -1813,8 +1813,6 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * before sleeping on the queue (113k -> 91-101k: the other CPU runs the
  * clients); holding batches back while a flush runs, to make them bigger
  * (8.6 -> 8.1 us CPU per op, but gets wait too: 113k -> 91-96k).
- *
- * This thread runs under SCHED_BATCH (see sync_thread_init).
  * Starting writeback at the batch's write (sync_file_range) would take
  * ~55 us off a 9 KB write's time to durable when the fsync comes 70 us
  * later (standalone test: 216 -> 160 us), but the call costs the main
@@ -1822,9 +1820,10 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * Pinning the main thread (alone) to one of the 2 CPUs gave +8-10%, but
  * only on the CPU that does not take the disk's interrupts (on the other:
  * nothing), which the daemon cannot know; the whole daemon on one CPU
- * fell to 86-90k.  Not done. */
+ * fell to 86-90k.  Not done.  This thread runs under SCHED_BATCH (see
+ * sync_thread_init). */
 
-/* It wakes up three times per flush (a batch to sync, the write-back
+/* The sync thread wakes up three times per flush (a batch to sync, the write-back
  * done, the cache flush done), and the scheduler, placing it next to the
  * thread that woke it, preempted the main thread for it 5,200 times per
  * second at 114k ops/s (durable set+get, 50 connections), each time
