@@ -90,7 +90,7 @@ def test_short_queues_churning_never_make_the_main_loop_fsync(make_daemon, tmp_p
     # The trace works: the sync thread made the sets durable.
     assert len(elsewhere) > 0
     # Each new log file costs one fsync of the file before it, on the main
-    # loop; nothing else may.  (Before the free-page reserve: 290-380 here.)
+    # loop; nothing else may.  (Before the free-page reserve: 202 for 8.)
     switches = logs_after - logs_before
     assert len(on_main) <= switches + 2, (
         "%d fsyncs on the main loop for %d sets and %d log switches:\n%s"
