@@ -108,10 +108,12 @@ static guint slot_cache_len;
 static gsize released_bytes;
 #define RELEASE_TRIM_BYTES (8 * 1024 * 1024)
 
+/* Frees a big buffer and counts it for the sweep's malloc_trim. */
 static void
-note_release (GByteArray *buf)
+release_big (GByteArray **buf)
 {
-  released_bytes += buf->len;
+  released_bytes += (*buf)->len;
+  g_clear_pointer (buf, g_byte_array_unref);
 }
 
 static void
@@ -249,10 +251,7 @@ conn_write (McqConnection *c)
     {
       /* Keep a small buffer for the next replies; give a big one back. */
       if (c->out_peak > OUT_KEEP)
-        {
-          note_release (c->out);
-          g_clear_pointer (&c->out, g_byte_array_unref);
-        }
+        release_big (&c->out);
       else
         g_byte_array_set_size (c->out, 0);
       c->out_off = 0;
@@ -438,15 +437,9 @@ slot_done (McqOp *op)
   /* Drop the messages now rather than when the slot leaves, and do not
    * keep a large body or value buffer around for reuse. */
   if (op->body != NULL && op->body->len > SLOT_BODY_KEEP)
-    {
-      note_release (op->body);
-      g_clear_pointer (&op->body, g_byte_array_unref);
-    }
+    release_big (&op->body);
   if (op->values != NULL && op->values->len > SLOT_BODY_KEEP)
-    {
-      note_release (op->values);
-      g_clear_pointer (&op->values, g_byte_array_unref);
-    }
+    release_big (&op->values);
   mcq_op_clear (op);
 
   if (!c->closed)
