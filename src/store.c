@@ -108,6 +108,8 @@ struct _McqStore {
   DB_ENV *env;
   DB *queues_db;
   DB *messages_db;
+  guint64 page_size;           /* messages.db's, as its file has it (-A only sets it
+                                  for a new file) */
   DB *purge_db;
 
   GHashTable *queues;          /* main thread only: name -> Queue* */
@@ -479,21 +481,20 @@ home_space (McqStore *s, guint64 *avail, guint64 *reserve)
 static void
 reserve_pages (McqStore *s)
 {
-  u_int32_t page_size = 4096;
+  guint64 page_size = s->page_size;
   DB_TXN *txn = NULL;
   guint8 key[MSG_KEY_SIZE];
   DBT k, v;
   guint32 n, i;
   int ret;
 
-  s->messages_db->get_pagesize (s->messages_db, &page_size);
-  n = MAX (16u, PAGE_RESERVE_BYTES / page_size);
+  n = (guint32) MAX (16u, PAGE_RESERVE_BYTES / page_size);
   /* The fillers and their log records need room; short of it, a failed
    * log write while they are undone could make Berkeley DB give up on
    * the environment.  A daemon that starts on a full disk is there to
    * let its queues be drained: skip. */
   guint64 avail, reserve;
-  if (!home_space (s, &avail, &reserve) || avail < reserve + 8 * (guint64) n * page_size)
+  if (!home_space (s, &avail, &reserve) || avail < reserve + 8 * n * page_size)
     {
       g_debug ("not reserving free pages in messages.db: short of disk space");
       return;
@@ -618,6 +619,11 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
       return NULL;
     }
 
+  {
+    u_int32_t page_size = 4096;
+    s->messages_db->get_pagesize (s->messages_db, &page_size);
+    s->page_size = page_size;
+  }
   reserve_pages (s);
   s->outbox_tail = &s->outbox;
   s->flusher = g_source_new (&flusher_funcs, sizeof (GSource) + sizeof (McqStore *));
@@ -1037,7 +1043,7 @@ add_log_debt (McqStore *s, guint64 bytes)
 static guint64
 ovfl_excess (McqStore *s, guint64 len)
 {
-  guint64 page = s->cfg.page_size != 0 ? s->cfg.page_size : 4096;
+  guint64 page = s->page_size;
   guint64 per_page = page - 32;       /* less each page's header */
 
   if (len <= page / 4 - 40)
@@ -1823,9 +1829,9 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * fell to 86-90k.  Not done.  This thread runs under SCHED_BATCH (see
  * sync_thread_init). */
 
-/* The sync thread wakes up three times per flush (a batch to sync, the write-back
- * done, the cache flush done), and the scheduler, placing it next to the
- * thread that woke it, preempted the main thread for it 5,200 times per
+/* The sync thread wakes up three times per flush (a batch to sync, the
+ * write-back done, the cache flush done), and the scheduler, placing it
+ * next to the thread that woke it, preempted the main thread for it 5,200 times per
  * second at 114k ops/s (durable set+get, 50 connections), each time
  * switching the main thread out and back in.  Under SCHED_BATCH a wake-up
  * does not preempt: it runs when the main thread yields or on the other
