@@ -113,6 +113,12 @@ def test_the_sync_thread_does_not_preempt_the_main_loop(make_daemon):
     thousands of times per second: it runs under SCHED_BATCH, the main
     thread stays a normal one."""
     d = make_daemon([])
+    # The thread names and sets its policy itself once it runs, which can
+    # come after the daemon already listens.
+    deadline = time.monotonic() + 10
     policies = _thread_policies(d.pid)
+    while policies.get("mcq-sync") != 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        policies = _thread_policies(d.pid)
     assert policies["mcq-sync"] == 3, policies
     assert policies["memcacheq"] == 0, policies
