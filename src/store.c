@@ -470,7 +470,11 @@ home_space (McqStore *s, guint64 *avail, guint64 *reserve)
  * overflow page per filler record, under the unused queue id 0) and frees
  * them again, highest first: the free list is a stack, so its top is then
  * the lowest of them and a short queue's churn reuses those, far from the
- * end of the file.  Only the first free, of the last page, truncates.
+ * end of the file.  The last filler is kept for good, as an anchor: on a
+ * new file its page is the last one, and without it each filler freed
+ * would be the last page in turn and be truncated away (with 8 KiB pages,
+ * where no leaf split lands among them, the whole reserve went so, and
+ * the churn's fsyncs stayed).
  * A short queue of messages over about 4 KiB churns more pages than that
  * (10 KB messages, 50 connections: 510 main-thread fsyncs in 2 s, some
  * of them log switches; 618 without the reserve).
@@ -510,10 +514,12 @@ reserve_pages (McqStore *s)
       encode_msg_key (0, i, key);
       dbt_init (&k, key, sizeof key);
       dbt_init (&v, filler, page_size / 2);
-      if ((ret = s->messages_db->put (s->messages_db, txn, &k, &v, 0)) != 0)
+      /* The anchor (i == n) is put once, when the file has none yet. */
+      ret = s->messages_db->put (s->messages_db, txn, &k, &v, i == n ? DB_NOOVERWRITE : 0);
+      if (ret != 0 && !(i == n && ret == DB_KEYEXIST))
         goto fail;
     }
-  for (i = n; i >= 1; i--)
+  for (i = n - 1; i >= 1; i--)
     {
       encode_msg_key (0, i, key);
       dbt_init (&k, key, sizeof key);

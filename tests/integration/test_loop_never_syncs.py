@@ -53,10 +53,11 @@ def _churn(d, q, errors):
         errors.append(repr(e))
 
 
-def test_short_queues_churning_never_make_the_main_loop_fsync(make_daemon, tmp_path):
+@pytest.mark.parametrize("args", [[], ["-A", "8192"]], ids=["4k-pages", "8k-pages"])
+def test_short_queues_churning_never_make_the_main_loop_fsync(make_daemon, tmp_path, args):
     strace = shutil.which("strace")
     assert strace, "strace is missing: scripts/deps test installs it"
-    d = make_daemon([])
+    d = make_daemon(args)
     home = d.home
     trace = tmp_path / "fsyncs"
     tracer = subprocess.Popen([strace, "-qq", "-f", "-e", "trace=fsync,fdatasync",
