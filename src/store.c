@@ -3,11 +3,13 @@
  * (on the main thread, in batches), the group-commit sync thread and the
  * maintenance thread. */
 #include <gio/gio.h>
+#include <glib/gstdio.h>
 #include "store.h"
 
 #include <db.h>
 #include <errno.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
 
@@ -262,6 +264,38 @@ bdb_errcall (const DB_ENV *env, const char *prefix, const char *msg)
 
 /* ---- opening ------------------------------------------------------------- */
 
+/* A database file shorter than the pages its own metadata counts has lost
+ * its end (a truncated copy, a restore cut short).  Berkeley DB opens it
+ * all the same when the cut falls on a page boundary, and then fails
+ * requests that reach the missing pages ("page not found"), so it is
+ * refused here.  Recovery has already run (DB_RECOVER, ending with a
+ * checkpoint that writes every page), so a sound file is never short. */
+static gboolean
+check_length (McqStore *s, DB *db, const char *file, GError **error)
+{
+  g_autofree char *path = g_build_filename (s->cfg.home, file, NULL);
+  DB_BTREE_STAT *st = NULL;
+  u_int32_t page_size = 0;
+  GStatBuf sb;
+  guint64 want;
+  int ret;
+
+  if ((ret = db->stat (db, NULL, &st, DB_FAST_STAT)) != 0)
+    return db_fail (ret, error, file);
+  db->get_pagesize (db, &page_size);
+  want = (guint64) st->bt_pagecnt * page_size;
+  free (st);
+  if (g_stat (path, &sb) == 0 && (guint64) sb.st_size < want)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                   "%s is truncated: %" G_GUINT64_FORMAT " bytes, its pages need %"
+                   G_GUINT64_FORMAT " (restore it, or move the home away to start empty)",
+                   file, (guint64) sb.st_size, want);
+      return FALSE;
+    }
+  return TRUE;
+}
+
 static gboolean
 open_db (McqStore *s, DB **out, const char *file, GError **error)
 {
@@ -294,6 +328,11 @@ open_db (McqStore *s, DB **out, const char *file, GError **error)
           return FALSE;
         }
       return db_fail (ret, error, file);
+    }
+  if (!check_length (s, db, file, error))
+    {
+      db->close (db, 0);
+      return FALSE;
     }
   *out = db;
   return TRUE;
