@@ -22,6 +22,7 @@
 #include "listener.h"
 #include "log.h"
 #include "options.h"
+#include "placement.h"
 #include "sdglue.h"
 #include "server.h"
 #include "store.h"
@@ -376,6 +377,9 @@ main (int argc, char **argv)
              mcq_store_durable (server.store) ? _("durable (STORED after fsync)") : _("no-sync (-N)"));
   daemon_ready (notify_fd, 0);
 
+  /* Last, so that the threads started above are not bound with it. */
+  if (mcq_store_durable (server.store) && !opts.no_cpu_placement)
+    mcq_placement_apply (home_path);
   g_main_loop_run (d.loop);
 
   mcq_sd_stopping ();

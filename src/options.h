@@ -31,6 +31,7 @@ typedef struct {
   gboolean show_license;
   gboolean show_version;
   char *dbus;                   /* --dbus: "system", "session" or "none"; NULL: system */
+  gboolean no_cpu_placement;    /* --no-cpu-placement (see placement.h) */
 
   /* storage */
   char *home;

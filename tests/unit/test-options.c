@@ -36,6 +36,7 @@ test_defaults (void)
   g_assert_cmpuint (o.max_body, ==, 1048576);
   g_assert_cmpuint (o.max_conns, ==, 1024);
   g_assert_false (o.no_sync);
+  g_assert_false (o.no_cpu_placement);
   g_assert_cmpint (mcq_options_dbus (&o), ==, MCQ_DBUS_SYSTEM);
 }
 
