@@ -22,7 +22,6 @@
 #include "listener.h"
 #include "log.h"
 #include "options.h"
-#include "placement.h"
 #include "sdglue.h"
 #include "server.h"
 #include "store.h"
@@ -331,6 +330,7 @@ main (int argc, char **argv)
   store_cfg.trickle_percent = opts.trickle_percent;
   store_cfg.no_sync = opts.no_sync;
   store_cfg.log_auto_remove = opts.log_auto_remove;
+  store_cfg.cpu_placement = !opts.no_cpu_placement;
   server.store = mcq_store_open (&store_cfg, &error);
   if (server.store == NULL)
     {
@@ -377,9 +377,6 @@ main (int argc, char **argv)
              mcq_store_durable (server.store) ? _("durable (STORED after fsync)") : _("no-sync (-N)"));
   daemon_ready (notify_fd, 0);
 
-  /* Last, so that the threads started above are not bound with it. */
-  if (mcq_store_durable (server.store) && !opts.no_cpu_placement)
-    mcq_placement_apply (home_path);
   g_main_loop_run (d.loop);
 
   mcq_sd_stopping ();

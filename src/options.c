@@ -164,7 +164,7 @@ mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **error)
     { "license", 'i', 0, G_OPTION_ARG_NONE, &o->show_license, N_("print the license and exit"), NULL },
     { "version", 'V', 0, G_OPTION_ARG_NONE, &o->show_version, N_("print the version and exit"), NULL },
     { "dbus", 0, 0, G_OPTION_ARG_STRING, &o->dbus, N_("publish queue statistics on this D-Bus bus: system (default), session or none"), N_("BUS") },
-    { "no-cpu-placement", 0, 0, G_OPTION_ARG_NONE, &o->no_cpu_placement, N_("let the main thread run on any allowed CPU (durable mode otherwise keeps it off the CPUs that take the home disk's interrupts)"), NULL },
+    { "no-cpu-placement", 0, 0, G_OPTION_ARG_NONE, &o->no_cpu_placement, N_("let the fsync thread run on any allowed CPU (durable mode otherwise binds it to the CPUs that take the home disk's interrupts)"), NULL },
   };
 
   g_array_append_vals (entries, fixed, G_N_ELEMENTS (fixed));

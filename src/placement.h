@@ -1,6 +1,6 @@
-/* placement.h — which CPUs the main thread runs on: in durable mode, off
- * the CPUs that take the interrupts of the disk holding the home, when the
- * process may run elsewhere too. */
+/* placement.h — which CPUs the sync thread runs on: in durable mode, the
+ * CPUs that take the interrupts of the disk holding the home, when they
+ * are only some of those the process may use. */
 #pragma once
 
 #include <glib.h>
@@ -23,11 +23,12 @@ char *mcq_cpu_list_format (const cpu_set_t *set);
 gboolean mcq_disk_irq_cpus (const char *sysfs, const char *procfs, guint major, guint minor,
                             cpu_set_t *cpus, char **device, GError **error);
 
-/* allowed minus irq into out; FALSE (out untouched) when that leaves no
- * CPU or removes none. */
+/* The allowed CPUs that take interrupts into out; FALSE (out untouched)
+ * when there are none, or when they are all the allowed ones (nothing to
+ * choose). */
 gboolean mcq_placement_choose (const cpu_set_t *allowed, const cpu_set_t *irq, cpu_set_t *out);
 
-/* Moves the calling thread off the CPUs that take the interrupts of the
- * disk holding dir, if it can; says what it did at info level (debug when
- * it did nothing). */
+/* Binds the calling thread to the CPUs that take the interrupts of the
+ * disk holding dir, if that narrows anything; says what it did at info
+ * level (debug when it did nothing). */
 void mcq_placement_apply (const char *dir);

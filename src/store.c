@@ -5,6 +5,7 @@
 #include <gio/gio.h>
 #include <glib/gstdio.h>
 #include "store.h"
+#include "placement.h"
 
 #include <db.h>
 #include <errno.h>
@@ -1883,10 +1884,14 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * CPU.  4 alternating 4 s runs each: 107.9k -> 117.6k ops/s, 9.05 -> 8.13
  * us CPU per op; one connection 9.1-9.4k -> 11.6k ops/s, p99 289-371 ->
  * 230 us.  (SCHED_IDLE: 100-107k.)  Any thread may choose it, no
- * privilege needed; if refused, the thread runs as before. */
+ * privilege needed; if refused, the thread runs as before.  In durable
+ * mode the thread also binds itself to the CPUs that take the disk's
+ * interrupts, where each fsync completes (see placement.c). */
 static void
-sync_thread_init (void)
+sync_thread_init (McqStore *s)
 {
+  if (!s->cfg.no_sync && s->cfg.cpu_placement)
+    mcq_placement_apply (s->cfg.home);
 #ifdef SCHED_BATCH
   struct sched_param param = { 0 };
   if (sched_setscheduler (0, SCHED_BATCH, &param) != 0)
@@ -1900,7 +1905,7 @@ sync_thread (gpointer data)
   McqStore *s = data;
   gboolean stopping = FALSE;
 
-  sync_thread_init ();
+  sync_thread_init (s);
 
   while (!stopping)
     {

@@ -19,6 +19,8 @@ typedef struct {
   guint trickle_percent;       /* -e */
   gboolean no_sync;            /* -N */
   gboolean log_auto_remove;    /* -R */
+  gboolean cpu_placement;      /* durable mode: the sync thread on the CPUs of the
+                                  disk's interrupts (see placement.h) */
 } McqStoreConfig;
 
 typedef enum {
