@@ -22,6 +22,10 @@
  * main thread stays free to go where the scheduler finds room.  -N has no
  * disk on its hot path: left alone.
  *
+ * The choice is made once, when the sync thread starts: if the interrupts
+ * move later (irqbalance), the thread is where "on the other CPU" above
+ * put it, about as if nothing had been done; a restart chooses again.
+ *
  * Nothing is done where it cannot help or the kernel does not say: a disk
  * with a queue (and interrupt) per CPU, as NVMe and multi-queue virtio
  * have, covers every CPU; tmpfs, device-mapper or a network filesystem has
