@@ -1881,7 +1881,10 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * once per loop iteration (+1.7%, noise); spinning here for up to 150 us
  * before sleeping on the queue (113k -> 91-101k: the other CPU runs the
  * clients); holding batches back while a flush runs, to make them bigger
- * (8.6 -> 8.1 us CPU per op, but gets wait too: 113k -> 91-96k).
+ * (8.6 -> 8.1 us CPU per op, but gets wait too: 113k -> 91-96k);
+ * checkpointing every 64 MiB of log instead of CHECKPOINT_LOG_KB, so that
+ * fewer database fsyncs share the disk with these (3 alternating runs:
+ * 129.1k, 124.8k, 129.7k against 129.4k, 123.8k, 127.8k: nothing).
  * Starting writeback at the batch's write (sync_file_range) would take
  * ~55 us off a 9 KB write's time to durable when the fsync comes 70 us
  * later (standalone test: 216 -> 160 us), but the call costs the main
