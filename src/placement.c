@@ -29,7 +29,10 @@
  * Nothing is done where it cannot help or the kernel does not say: a disk
  * with a queue (and interrupt) per CPU, as NVMe and multi-queue virtio
  * have, covers every CPU; tmpfs, device-mapper or a network filesystem has
- * no interrupts of its own in sysfs. */
+ * no interrupts of its own in sysfs, nor has a controller on legacy
+ * (non-MSI) interrupts.  The union may include a device's configuration
+ * interrupt (virtio-config, an NVMe admin queue): that can only make it do
+ * less. */
 #include "placement.h"
 #include "i18n.h"
 
@@ -99,7 +102,8 @@ mcq_cpu_list_format (const cpu_set_t *set)
 }
 
 /* Adds the CPUs of each interrupt listed in dir/msi_irqs; FALSE if none
- * could be read. */
+ * could be read.  An empty effective list (an interrupt shut down) falls
+ * back to the configured one. */
 static gboolean
 add_msi_cpus (const char *procfs, const char *msi_dir, cpu_set_t *cpus)
 {
@@ -120,7 +124,7 @@ add_msi_cpus (const char *procfs, const char *msi_dir, cpu_set_t *cpus)
           cpu_set_t one;
 
           if (!g_file_get_contents (path, &text, NULL, NULL) || !mcq_cpu_list_parse (text, &one))
-            continue;
+            continue;       /* missing, or empty: try the next file */
           CPU_OR (cpus, cpus, &one);
           any = TRUE;
           break;
@@ -144,25 +148,35 @@ mcq_disk_irq_cpus (const char *sysfs, const char *procfs, guint major, guint min
                    "no block device %u:%u in %s", major, minor, sysfs);
       return FALSE;
     }
-  /* Up from the partition or disk to the first device with interrupts. */
-  while (g_str_has_prefix (dir, top) && strlen (dir) > strlen (top))
+    g_autofree char *top_dir = g_strconcat (top, "/", NULL);
+  /* Up from the partition or disk to the first device with MSI interrupts,
+   * and no further than the first PCI device: above it are bridges and
+   * root ports, whose interrupts are their own (errors, hot-plug), not the
+   * disk's (a controller on legacy interrupts has no msi_irqs). */
+  while (g_str_has_prefix (dir, top_dir))
     {
       g_autofree char *msi = g_build_filename (dir, "msi_irqs", NULL);
+      g_autofree char *subsystem_link = g_build_filename (dir, "subsystem", NULL);
+      g_autofree char *subsystem = realpath (subsystem_link, NULL);
       char *slash;
 
-      if (g_file_test (msi, G_FILE_TEST_IS_DIR) && add_msi_cpus (procfs, msi, cpus))
+      if (g_file_test (msi, G_FILE_TEST_IS_DIR))
         {
+          if (!add_msi_cpus (procfs, msi, cpus))
+            break;
           if (device != NULL)
             *device = g_path_get_basename (dir);
           return TRUE;
         }
+      if (subsystem != NULL && g_str_has_suffix (subsystem, "/bus/pci"))
+        break;
       slash = strrchr (dir, '/');
       if (slash == NULL)
         break;
       *slash = '\0';
     }
   g_set_error (error, G_FILE_ERROR, G_FILE_ERROR_NOENT,
-               "block device %u:%u has no interrupts of its own in %s", major, minor, sysfs);
+               "block device %u:%u has no MSI interrupts of its own in %s", major, minor, sysfs);
   return FALSE;
 }
 

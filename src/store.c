@@ -1698,10 +1698,13 @@ op_in_segment (const McqOp *op)
 
 /* Once free space in the home falls under DISK_RESERVE_BYTES, sets fail
  * up front: what is left is kept for the gets that will free space again.
- * The statvfs is skipped for up to SPACE_RECHECK_US while our own writes
- * since the last one (the debt added) used less than half the room it
- * found; near the reserve every batch with sets looks.  It had been one
- * statvfs per batch: 0.03-0.06 per op. */
+ * The statvfs is skipped for up to SPACE_RECHECK_US while the debt our
+ * own commits added since the last one is under a quarter of the room it
+ * found (each byte of debt takes about two on disk: the log now, the
+ * database at the next checkpoint).  A debt that went down means a
+ * checkpoint wrote it out meanwhile, and under pressure there is no room:
+ * both look again, as does every batch with sets near the reserve.  It
+ * had been one statvfs per batch: 0.03-0.06 per op. */
 #define SPACE_RECHECK_US (100 * 1000)
 static void
 refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
@@ -1718,8 +1721,8 @@ refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
   guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) +
                  __atomic_load_n (&s->ovfl_debt, __ATOMIC_RELAXED);
   gint64 now = g_get_monotonic_time ();
-  if (now - s->space_checked_at < SPACE_RECHECK_US &&
-      debt < s->space_debt_at + s->space_slack / 2)
+  if (now - s->space_checked_at < SPACE_RECHECK_US && debt >= s->space_debt_at &&
+      debt - s->space_debt_at < s->space_slack / 4)
     return;
   if (!home_space (s, &avail, &reserve))
     return;

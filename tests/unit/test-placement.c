@@ -54,7 +54,8 @@ test_choose (void)
 
 /* A sysfs and procfs tree: a disk (major 254) with partition 1 on a PCI
  * function with two interrupts, a device-mapper disk (253:0) with none,
- * and a disk (259:0) with an interrupt per CPU. */
+ * a disk (259:0) with an interrupt per CPU, and a disk (8:0) on a
+ * controller with legacy interrupts behind a root port that has MSI ones. */
 static char *
 make_tree (void)
 {
@@ -68,7 +69,10 @@ make_tree (void)
     "sys/devices/virtual/block/dm-0",
     "sys/devices/pci0000:00/0000:00:04.0/msi_irqs",
     "sys/devices/pci0000:00/0000:00:04.0/nvme/nvme0/nvme0n1",
-    "proc/irq/35", "proc/irq/36", "proc/irq/40", "proc/irq/41", NULL };
+    "sys/devices/pci0000:00/0000:00:1c.0/msi_irqs",
+    "sys/devices/pci0000:00/0000:00:1c.0/0000:01:00.0/host0/target0:0:0/0:0:0:0/block/sda",
+    "sys/bus/pci",
+    "proc/irq/35", "proc/irq/36", "proc/irq/40", "proc/irq/41", "proc/irq/50", NULL };
   for (guint i = 0; dirs[i] != NULL; i++)
     {
       g_autofree char *p = g_build_filename (root, dirs[i], NULL);
@@ -78,8 +82,12 @@ make_tree (void)
     { "sys/devices/pci0000:00/0000:00:02.0/msi_irqs/35", "msix\n" },
     { "sys/devices/pci0000:00/0000:00:02.0/msi_irqs/36", "msix\n" },
     { "proc/irq/35/effective_affinity_list", "1\n" },
-    /* No effective affinity file: the configured one is read. */
+    /* An empty effective list: the configured one is read. */
+    { "proc/irq/36/effective_affinity_list", "\n" },
     { "proc/irq/36/smp_affinity_list", "1\n" },
+    /* The root port's own interrupt, not the disk's. */
+    { "sys/devices/pci0000:00/0000:00:1c.0/msi_irqs/50", "msi\n" },
+    { "proc/irq/50/effective_affinity_list", "0\n" },
     { "sys/devices/pci0000:00/0000:00:04.0/msi_irqs/40", "msix\n" },
     { "sys/devices/pci0000:00/0000:00:04.0/msi_irqs/41", "msix\n" },
     { "proc/irq/40/effective_affinity_list", "0\n" },
@@ -95,11 +103,25 @@ make_tree (void)
     { "254:1", "../../devices/pci0000:00/0000:00:02.0/virtio1/block/vda/vda1" },
     { "253:0", "../../devices/virtual/block/dm-0" },
     { "259:0", "../../devices/pci0000:00/0000:00:04.0/nvme/nvme0/nvme0n1" },
+    { "8:0", "../../devices/pci0000:00/0000:00:1c.0/0000:01:00.0/host0/target0:0:0/0:0:0:0/block/sda" },
   };
   for (guint i = 0; i < G_N_ELEMENTS (links); i++)
     {
       g_autofree char *p = g_build_filename (root, "sys/dev/block", links[i][0], NULL);
       g_assert_cmpint (symlink (links[i][1], p), ==, 0);
+    }
+  /* Which devices are PCI functions, as sysfs says with a link. */
+  const char *pci[] = { "0000:00:02.0", "0000:00:04.0", "0000:00:1c.0", "0000:00:1c.0/0000:01:00.0" };
+  for (guint i = 0; i < G_N_ELEMENTS (pci); i++)
+    {
+      g_autofree char *p = g_build_filename (root, "sys/devices/pci0000:00", pci[i], "subsystem", NULL);
+      g_autofree char *up = g_strnfill (strchr (pci[i], '/') ? 4 : 3, 'x');
+      GString *target = g_string_new (NULL);
+      for (guint k = 0; up[k] != '\0'; k++)
+        g_string_append (target, "../");
+      g_string_append (target, "bus/pci");
+      g_assert_cmpint (symlink (target->str, p), ==, 0);
+      g_string_free (target, TRUE);
     }
   return root;
 }
@@ -131,13 +153,19 @@ test_disk_irqs (void)
   g_assert_cmpstr (nvme, ==, "0000:00:04.0");
   g_assert_false (mcq_placement_choose (&allowed, &set, &chosen));
 
+  /* Legacy interrupts: the walk stops at the controller, it does not take
+   * the root port's. */
+  g_autoptr(GError) e0 = NULL;
+  g_assert_false (mcq_disk_irq_cpus (sys, proc, 8, 0, &set, NULL, &e0));
+  g_assert_error (e0, G_FILE_ERROR, G_FILE_ERROR_NOENT);
+
   /* No interrupts of its own, and no such device. */
   g_autoptr(GError) e1 = NULL;
   g_assert_false (mcq_disk_irq_cpus (sys, proc, 253, 0, &set, NULL, &e1));
   g_assert_error (e1, G_FILE_ERROR, G_FILE_ERROR_NOENT);
   g_assert_nonnull (strstr (e1->message, "253:0"));
   g_autoptr(GError) e2 = NULL;
-  g_assert_false (mcq_disk_irq_cpus (sys, proc, 8, 0, &set, NULL, &e2));
+  g_assert_false (mcq_disk_irq_cpus (sys, proc, 8, 1, &set, NULL, &e2));
   g_assert_nonnull (e2);
 
   g_autofree char *cmd = g_strdup_printf ("rm -rf '%s'", root);
