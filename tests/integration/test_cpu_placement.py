@@ -9,6 +9,8 @@ directory) the daemon must leave every thread alone."""
 import os
 import time
 
+import pytest
+
 
 def _irq_cpus(path):
     """The CPUs of the MSI interrupts of the device holding path (looked for
@@ -84,20 +86,12 @@ def test_durable_sync_thread_runs_where_the_disks_interrupts_go(make_daemon):
         assert c.read_exact(len(want_reply)) == want_reply
 
 
-def test_no_sync_mode_leaves_every_thread_where_it_is(make_daemon):
+@pytest.mark.parametrize("args", [["-N"], ["--no-cpu-placement"]], ids=["no-sync", "option-off"])
+def test_every_thread_left_alone(make_daemon, args):
+    """-N has no fsync on its hot path; --no-cpu-placement turns it off."""
     allowed = os.sched_getaffinity(0)
-    d = make_daemon(["-N", "-v"])
+    d = make_daemon(args + ["-v"])
     # Served a request: the sync thread has long started.
-    with d.client() as c:
-        c.send(b"set q 0 0 2\r\nhi\r\n")
-        assert c.read_exact(8) == b"STORED\r\n"
-    assert all(cpus == allowed for cpus in _threads(d.proc.pid).values())
-    assert "fsync thread on CPUs" not in d.stderr()
-
-
-def test_no_cpu_placement_option_turns_it_off(make_daemon):
-    allowed = os.sched_getaffinity(0)
-    d = make_daemon(["--no-cpu-placement", "-v"])
     with d.client() as c:
         c.send(b"set q 0 0 2\r\nhi\r\n")
         assert c.read_exact(8) == b"STORED\r\n"
