@@ -148,7 +148,7 @@ mcq_disk_irq_cpus (const char *sysfs, const char *procfs, guint major, guint min
                    "no block device %u:%u in %s", major, minor, sysfs);
       return FALSE;
     }
-    g_autofree char *top_dir = g_strconcat (top, "/", NULL);
+  g_autofree char *top_dir = g_strconcat (top, "/", NULL);
   /* Up from the partition or disk to the first device with MSI interrupts,
    * and no further than the first PCI device: above it are bridges and
    * root ports, whose interrupts are their own (errors, hot-plug), not the
@@ -156,8 +156,7 @@ mcq_disk_irq_cpus (const char *sysfs, const char *procfs, guint major, guint min
   while (g_str_has_prefix (dir, top_dir))
     {
       g_autofree char *msi = g_build_filename (dir, "msi_irqs", NULL);
-      g_autofree char *subsystem_link = g_build_filename (dir, "subsystem", NULL);
-      g_autofree char *subsystem = realpath (subsystem_link, NULL);
+      g_autofree char *subsystem_link = NULL, *subsystem = NULL;
       char *slash;
 
       if (g_file_test (msi, G_FILE_TEST_IS_DIR))
@@ -168,6 +167,8 @@ mcq_disk_irq_cpus (const char *sysfs, const char *procfs, guint major, guint min
             *device = g_path_get_basename (dir);
           return TRUE;
         }
+      subsystem_link = g_build_filename (dir, "subsystem", NULL);
+      subsystem = realpath (subsystem_link, NULL);
       if (subsystem != NULL && g_str_has_suffix (subsystem, "/bus/pci"))
         break;
       slash = strrchr (dir, '/');

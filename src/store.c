@@ -1894,8 +1894,10 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * thread ~20 us per batch (~0.8 us per op): not tried in the daemon.
  * Pinning the main thread (alone) to one of the 2 CPUs gave +8-10%, but
  * only on the CPU that does not take the disk's interrupts (on the other:
- * nothing), which the daemon cannot know; the whole daemon on one CPU
- * fell to 86-90k.  Not done.  This thread runs under SCHED_BATCH (see
+ * nothing); the whole daemon on one CPU fell to 86-90k.  Keeping the main
+ * thread off the interrupt CPU cost one connection a third of its
+ * throughput, so it is this thread that goes to the interrupt CPU instead
+ * (see placement.c).  This thread runs under SCHED_BATCH (see
  * sync_thread_init). */
 
 /* The sync thread wakes up three times per flush (a batch to sync, the
