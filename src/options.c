@@ -91,7 +91,7 @@ static const NumericOption numeric_options[] = {
   { 'S', "stats-interval", OFF (stats_dump_s), 'u', 0, 86400, N_("SECONDS"), N_("accepted for compatibility; counters are saved in every transaction") },
   { 'E', "extent-pages", OFF (extent_pages), 'u', 1, G_MAXUINT32, N_("PAGES"), N_("accepted for compatibility; applies to DB_QUEUE, which memcacheq does not use") },
   { 'B', "max-body", OFF (max_body), 'U', 1, MAX_MAX_BODY, N_("BYTES"), N_("largest message body in bytes (default 1048576)") },
-  { 'D', "deadlock-interval", OFF (deadlock_ms), 'u', 1, 3600000, N_("MS"), N_("accepted for compatibility; deadlocks are detected at once") },
+  { 'D', "deadlock-interval", OFF (deadlock_ms), 'u', 1, 3600000, N_("MS"), N_("accepted for compatibility; there are no lock waits to break") },
 };
 
 static gboolean
@@ -271,8 +271,8 @@ mcq_options_warnings (const McqOptions *o)
     g_ptr_array_add (w, g_strdup (_("-E/--extent-pages is ignored: it applies to DB_QUEUE "
                                     "databases, which memcacheq does not use")));
   if (given (o, 'D'))
-    g_ptr_array_add (w, g_strdup (_("-D/--deadlock-interval is ignored: deadlocks are detected "
-                                    "as soon as a lock conflict happens")));
+    g_ptr_array_add (w, g_strdup (_("-D/--deadlock-interval is ignored: one thread runs every "
+                                    "transaction, so none ever waits for a lock")));
   if (o->log_auto_remove)
     g_ptr_array_add (w, g_strdup (_("-R/--auto-remove-logs is always on: log files that recovery "
                                     "no longer needs are removed after every checkpoint")));

@@ -125,6 +125,9 @@ struct _McqStore {
   guint32 seg_next_id;
   guint64 seg_depth;
   guint64 seg_bytes;           /* log volume the segment adds (estimate) */
+  gint64 seg_now;              /* wall clock when the segment began: the
+                                * enqueue time of its sets (one clock read
+                                * per segment rather than per set) */
   guint64 seg_ovfl_bytes;      /* database space its overflow items add beyond that */
 
   McqOp *outbox, **outbox_tail;/* main thread: submitted, not yet handed over */
@@ -607,7 +610,6 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
                       (u_int32_t) (cfg->cache_bytes & ((1u << 30) - 1)), 1);
   if (cfg->log_buffer_bytes != 0)
     env->set_lg_bsize (env, cfg->log_buffer_bytes);
-  env->set_lk_detect (env, DB_LOCK_DEFAULT);
   /* Commits never sync on their own: durable mode syncs whole batches
    * with log_flush, -N never does. */
   env->set_flags (env, DB_TXN_NOSYNC, 1);
@@ -630,9 +632,21 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
   /* DB_PRIVATE: one process owns the environment (the home lock makes sure
    * of it), so its regions live in our heap instead of shared files.
    * DB_RECOVER: every start replays the log, so a kill -9 loses nothing
-   * that was flushed. */
+   * that was flushed.
+   *
+   * No DB_INIT_LOCK: only the main thread reads or writes the databases,
+   * and it has at most one transaction open at a time (a segment, a
+   * delete, a purge chunk: each commits or aborts before the next
+   * begins), so no two transactions can ever want the same page.  The
+   * other threads call only log_flush, txn_checkpoint, memp_trickle and
+   * log_archive, which take the log's and the cache's own mutexes, never
+   * locks.  Keep it so: a second thread running transactions would need
+   * the lock subsystem back.  Measured without it (alternating 4 s runs,
+   * 50 connections, set+get): -N 5.66 -> 5.51 us CPU per op; durable
+   * 128.7k -> 134.9k ops/s, 7.21 -> 6.87 us (every op took and released
+   * two or three page locks, each a hash lookup and mutex pair). */
   ret = env->open (env, s->cfg.home,
-                   DB_CREATE | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_MPOOL | DB_INIT_TXN |
+                   DB_CREATE | DB_INIT_LOG | DB_INIT_MPOOL | DB_INIT_TXN |
                    DB_RECOVER | DB_PRIVATE | DB_THREAD, 0600);
   if (ret != 0)
     {
@@ -943,6 +957,7 @@ seg_begin (McqStore *s, GError **error)
   s->seg_depth = s->depth;
   s->seg_bytes = 0;
   s->seg_ovfl_bytes = 0;
+  s->seg_now = g_get_real_time ();
   return begin (s, &s->seg_txn, error);
 }
 
@@ -1108,7 +1123,7 @@ seg_set (McqStore *s, McqOp *op)
   const char *name = mcq_op_next_key (op, &pos);
   Queue *q = g_hash_table_lookup (s->queues, name);
   guint8 key[MSG_KEY_SIZE];
-  gint64 now = g_get_real_time ();
+  gint64 now = s->seg_now;
   DBT k, v;
   int ret;
 
