@@ -137,6 +137,8 @@ struct _McqStore {
   GSource *deliverer;          /* runs them on the main context */
   GAsyncQueue *sync_inbox;     /* Completion* waiting for an fsync */
   GThread *sync;
+  GThread *owner;              /* the thread that opened the store: the
+                                * only one that may run transactions */
   Completion sync_stop;        /* sentinel */
 
   GThread *maint_thread;
@@ -502,6 +504,16 @@ home_space (McqStore *s, guint64 *avail, guint64 *reserve)
   return TRUE;
 }
 
+/* Every transaction starts here.  The environment has no lock subsystem
+ * (see mcq_store_open), which is sound only while one thread runs all the
+ * transactions: a call from any other thread is a bug, caught here. */
+static int
+txn_start (McqStore *s, DB_TXN **txn)
+{
+  g_assert (g_thread_self () == s->owner);
+  return s->env->txn_begin (s->env, NULL, txn, 0);
+}
+
 /* Free pages kept at the low end of messages.db's free list.
  *
  * Berkeley DB gives a freed page back to the file system when it is the
@@ -553,7 +565,7 @@ reserve_pages (McqStore *s)
    * what one overflow page holds. */
   g_autofree guint8 *filler = g_malloc0 (page_size / 2);
 
-  if ((ret = s->env->txn_begin (s->env, NULL, &txn, 0)) != 0)
+  if ((ret = txn_start (s, &txn)) != 0)
     goto fail;
   for (i = 1; i <= n; i++)
     {
@@ -597,6 +609,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
   s->cfg = *cfg;
   s->cfg.home = g_strdup (cfg->home);
   s->next_id = 1;
+  s->owner = g_thread_self ();
 
   if ((ret = db_env_create (&env, 0)) != 0)
     {
@@ -940,7 +953,7 @@ commit (DB_TXN *txn, GError **error)
 static gboolean
 begin (McqStore *s, DB_TXN **txn, GError **error)
 {
-  int ret = s->env->txn_begin (s->env, NULL, txn, 0);
+  int ret = txn_start (s, txn);
   if (ret != 0)
     return db_fail (ret, error, "beginning a transaction");
   return TRUE;
@@ -1504,7 +1517,7 @@ purge_step (McqStore *s)
   guint64 head, tail, n;
   int ret;
 
-  if (s->env->txn_begin (s->env, NULL, &txn, 0) != 0)
+  if (txn_start (s, &txn) != 0)
     return;
   if ((ret = s->purge_db->cursor (s->purge_db, txn, &cur, 0)) != 0)
     goto abort;
