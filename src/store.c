@@ -125,10 +125,10 @@ struct _McqStore {
   guint32 seg_next_id;
   guint64 seg_depth;
   guint64 seg_bytes;           /* log volume the segment adds (estimate) */
+  guint64 seg_ovfl_bytes;      /* database space its overflow items add beyond that */
   gint64 seg_now;              /* wall clock when the segment began: the
                                 * enqueue time of its sets (one clock read
                                 * per segment rather than per set) */
-  guint64 seg_ovfl_bytes;      /* database space its overflow items add beyond that */
 
   McqOp *outbox, **outbox_tail;/* main thread: submitted, not yet handed over */
   guint outbox_len;
@@ -1930,9 +1930,9 @@ run_batch (McqStore *s, McqOp **batch, guint n)
 
 /* The sync thread wakes up three times per flush (a batch to sync, the
  * write-back done, the cache flush done), and the scheduler, placing it
- * next to the thread that woke it, preempted the main thread for it 5,200 times per
- * second at 114k ops/s (durable set+get, 50 connections), each time
- * switching the main thread out and back in.  Under SCHED_BATCH a wake-up
+ * next to the thread that woke it, preempted the main thread for it 5,200
+ * times per second at 114k ops/s (durable set+get, 50 connections), each
+ * time switching the main thread out and back in.  Under SCHED_BATCH a wake-up
  * does not preempt: it runs when the main thread yields or on the other
  * CPU.  4 alternating 4 s runs each: 107.9k -> 117.6k ops/s, 9.05 -> 8.13
  * us CPU per op; one connection 9.1-9.4k -> 11.6k ops/s, p99 289-371 ->
