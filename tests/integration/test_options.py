@@ -52,6 +52,13 @@ def test_home_is_regular_file(mcq_bin, tmp_path):
     assert f.read_text() == "not a directory\n"
 
 
+@pytest.mark.parametrize("arg", ["--no-sync=no", "--daemon=no", "--auto-remove-logs=0"])
+def test_switch_given_a_value(mcq_bin, tmp_path, arg):
+    """GOption alone would take "--daemon=no" as --daemon and drop the "no"."""
+    line = _bad(mcq_bin, tmp_path, [arg], r"takes no value")
+    assert arg.split("=")[0] in line and arg in line, line
+
+
 def test_udp_zero_accepted(make_daemon):
     d = make_daemon(["-N", "-U", "0"])
     with d.client() as c:

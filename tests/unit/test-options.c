@@ -82,6 +82,9 @@ test_bad_values (void)
   const char *b_zero[] = { "-B", "0", NULL };
   const char *extra[] = { "stray", NULL };
   const char *unknown[] = { "--bogus", NULL };
+  const char *sync_no[] = { "--no-sync=no", NULL };
+  const char *daemon_yes[] = { "-p", "1", "--daemon=yes", NULL };
+  const char *verbose_two[] = { "--verbose=2", NULL };
 
   check_bad (b_abc, "--max-body");
   check_bad (p_big, "--port");
@@ -92,6 +95,24 @@ test_bad_values (void)
   check_bad (b_zero, "--max-body");
   check_bad (extra, "stray");
   check_bad (unknown, "bogus");
+  check_bad (sync_no, "--no-sync takes no value");
+  check_bad (daemon_yes, "--daemon takes no value");
+  check_bad (verbose_two, "--verbose takes no value");
+}
+
+/* A switch's look-alike in another option's value is that value. */
+static void
+test_switch_lookalike_value (void)
+{
+  g_auto(McqOptions) o;
+  const char *args[] = { "-H", "--no-sync=x", "--pidfile", "--daemon=y", NULL };
+
+  mcq_options_init (&o);
+  g_assert_true (parse (&o, args, NULL));
+  g_assert_cmpstr (o.home, ==, "--no-sync=x");
+  g_assert_cmpstr (o.pidfile, ==, "--daemon=y");
+  g_assert_false (o.no_sync);
+  g_assert_false (o.daemonize);
 }
 
 static void
@@ -162,6 +183,7 @@ main (int argc, char **argv)
   g_test_add_func ("/options/defaults", test_defaults);
   g_test_add_func ("/options/values", test_values);
   g_test_add_func ("/options/bad-values", test_bad_values);
+  g_test_add_func ("/options/switch-lookalike-value", test_switch_lookalike_value);
   g_test_add_func ("/options/dbus", test_dbus);
   g_test_add_func ("/options/warnings", test_warnings);
   g_test_add_func ("/options/home", test_home);
