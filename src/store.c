@@ -1920,6 +1920,14 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * ~55 us off a 9 KB write's time to durable when the fsync comes 70 us
  * later (standalone test: 216 -> 160 us), but the call costs the main
  * thread ~20 us per batch (~0.8 us per op): not tried in the daemon.
+ * Two sync threads, the second fdatasyncing the newest log file itself
+ * so that a batch need not wait for the flush before it: 114.7k ops/s
+ * against 115.5k with one (5 alternating runs; two standalone writers
+ * here get 1.4x the syncs, each 40% slower).  Making each log file
+ * ahead, zero-filled and synced by a thread of its own, instead of
+ * DB_LOG_ZERO filling it on the main thread under the log lock (~0.5 ms
+ * per 2 MiB file, ~20 files a second): p99 1.87 -> 1.50 ms but 0.975x
+ * the ops/s (8 paired runs, 3 won).  Both left out.
  * Pinning the main thread (alone) to one of the 2 CPUs gave +8-10%, but
  * only on the CPU that does not take the disk's interrupts (on the other:
  * nothing); the whole daemon on one CPU fell to 86-90k.  Keeping the main
