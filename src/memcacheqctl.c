@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "i18n.h"
+#include "switches.h"
 
 #define BUS_NAME "org.memcacheq.MemcacheQ1"
 #define DAEMON_PATH "/org/memcacheq/MemcacheQ1"
@@ -737,7 +738,8 @@ main (int argc, char **argv)
          "  2  the daemon is not reachable (no bus, memcacheq not on it, or no answer)\n"
          "  3  no such queue\n"
          "  4  permission denied by the bus policy"));
-  if (!g_option_context_parse (ctx, &argc, &argv, &error))
+  if (!mcq_option_check_switches (entries, argc, argv, &error) ||
+      !g_option_context_parse (ctx, &argc, &argv, &error))
     return fail (EXIT_FAIL, _("%s (see --help)"), error->message);
   if (version)
     {

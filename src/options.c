@@ -8,6 +8,7 @@
 #include "config.h"
 #include "i18n.h"
 #include "protocol.h"
+#include "switches.h"
 
 #define DEFAULT_PORT 22201
 #define DEFAULT_MAX_BODY (1024 * 1024)
@@ -144,60 +145,6 @@ on_verbose (const char *option_name, const char *value, gpointer data, GError **
   return TRUE;
 }
 
-/* The entry named by a long option ("--no-sync" or "--no-sync=..."), or
- * NULL. */
-static const GOptionEntry *
-long_entry (const GOptionEntry *entries, const char *arg)
-{
-  size_t len = strcspn (arg + 2, "=");
-
-  for (const GOptionEntry *e = entries; e->long_name != NULL; e++)
-    if (strlen (e->long_name) == len && strncmp (arg + 2, e->long_name, len) == 0)
-      return e;
-  return NULL;
-}
-
-static gboolean
-takes_value (const GOptionEntry *e)
-{
-  return e->arg != G_OPTION_ARG_NONE && !(e->flags & G_OPTION_FLAG_NO_ARG);
-}
-
-/* GOption takes "--no-sync=no" as --no-sync and drops the value, which
- * would turn durability off for someone asking to keep it: a switch given
- * a value is refused instead, naming it.  Values of other options
- * ("-H --odd=dir") are skipped, and so is everything after "--". */
-static gboolean
-check_switch_values (const GOptionEntry *entries, int argc, char **argv, GError **error)
-{
-  for (int i = 1; i < argc; i++)
-    {
-      const char *a = argv[i];
-      const GOptionEntry *e = NULL;
-
-      if (strcmp (a, "--") == 0)
-        break;
-      if (g_str_has_prefix (a, "--"))
-        e = long_entry (entries, a);
-      else if (a[0] == '-' && a[1] != '\0' && a[2] == '\0')
-        for (const GOptionEntry *s = entries; s->long_name != NULL && e == NULL; s++)
-          if (s->short_name == a[1])
-            e = s;
-      if (e == NULL)
-        continue;
-      if (strchr (a, '=') != NULL && a[1] == '-' && !takes_value (e))
-        {
-          g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
-                       _("option --%s takes no value (“%s”): give it alone to turn it on, leave it out to keep it off"),
-                       e->long_name, a);
-          return FALSE;
-        }
-      if (strchr (a, '=') == NULL && takes_value (e))
-        i++;                    /* its value is the next argument */
-    }
-  return TRUE;
-}
-
 gboolean
 mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **error)
 {
@@ -243,7 +190,7 @@ mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **error)
       N_("Messages are kept in a transactional Berkeley DB environment; by default\n"
          "STORED is sent only once the message is on disk.  Report bugs to the memcacheq project."));
 
-  gboolean ok = check_switch_values ((const GOptionEntry *) entries->data, *argc, *argv, error) &&
+  gboolean ok = mcq_option_check_switches ((const GOptionEntry *) entries->data, *argc, *argv, error) &&
                 g_option_context_parse (ctx, argc, argv, error);
   g_array_unref (entries);
   if (ok && *argc > 1)

@@ -22,6 +22,7 @@
 
 #include "config.h"
 #include "../i18n.h"
+#include "../switches.h"
 
 BenchConfig cfg;
 _Atomic int g_phase;
@@ -252,7 +253,8 @@ main (int argc, char **argv)
       N_("Measure a message queue server: ops/s, latency percentiles, errors and\n"
          "server CPU per operation, verifying every message read back."));
   g_option_context_set_description (ctx, description);
-  if (!g_option_context_parse (ctx, &argc, &argv, &error))
+  if (!mcq_option_check_switches (entries, argc, argv, &error) ||
+      !g_option_context_parse (ctx, &argc, &argv, &error))
     usage_error (_("%s (see --help)"), error->message);
   g_option_context_free (ctx);
   if (opt_version)

@@ -93,6 +93,9 @@ def test_bench_usage_errors(bench_bin):
         proc = subprocess.run([str(bench_bin)] + args, capture_output=True, timeout=10)
         assert proc.returncode == 2, args
         assert proc.stderr.startswith(b"memcacheq-bench: "), proc.stderr
+    # A switch given a value is refused, not taken as the bare switch.
+    proc = subprocess.run([str(bench_bin), "--quiet=no"], capture_output=True, timeout=10)
+    assert proc.returncode == 2 and b"--quiet takes no value" in proc.stderr, proc.stderr
     proc = subprocess.run([str(bench_bin), "--help"], capture_output=True, timeout=10)
     assert proc.returncode == 0 and b"--connections" in proc.stdout
 

@@ -835,7 +835,8 @@ def test_ctl_usage(ctl_bin):
         assert word in out, word
     for args, needle in ((["frobnicate"], b"unknown command"), ([], b"no command"),
                          (["stats"], b"one queue name"), (["list", "extra"], b"no arguments"),
-                         (["--bus=nonsense", "list"], b"--bus")):
+                         (["--bus=nonsense", "list"], b"--bus"),
+                         (["--json=no", "list"], b"--json takes no value")):
         res = run([str(ctl_bin)] + args)
         assert res.returncode == EXIT_FAIL, (args, res.returncode)
         assert needle in res.stderr, (args, res.stderr)
