@@ -253,10 +253,11 @@ main (int argc, char **argv)
       N_("Measure a message queue server: ops/s, latency percentiles, errors and\n"
          "server CPU per operation, verifying every message read back."));
   g_option_context_set_description (ctx, description);
-  if (!mcq_option_check_switches (entries, argc, argv, &error) ||
-      !g_option_context_parse (ctx, &argc, &argv, &error))
-    usage_error (_("%s (see --help)"), error->message);
+  gboolean parsed = mcq_option_check_switches (entries, argc, argv, &error) &&
+                    g_option_context_parse (ctx, &argc, &argv, &error);
   g_option_context_free (ctx);
+  if (!parsed)
+    usage_error (_("%s (see --help)"), error->message);
   if (opt_version)
     {
       printf ("memcacheq-bench %s\n", MCQ_VERSION);
