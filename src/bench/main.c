@@ -66,9 +66,11 @@ static gint opt_conns = 50;
 static gint opt_queues = 10;
 static gint64 opt_size = 100;
 static gchar *opt_mix = NULL;
-static gdouble opt_duration = -1;
+static gdouble opt_duration = 10;
+static gboolean opt_duration_given = FALSE;
 static gint64 opt_requests = 0;
-static gdouble opt_warmup = -1;
+static gdouble opt_warmup = 1;
+static gboolean opt_warmup_given = FALSE;
 static gint opt_pipeline = 1;
 static gchar *opt_protocol = NULL;
 static gint opt_pid = 0;
@@ -80,6 +82,27 @@ static gdouble opt_timeout = 10;
 static gboolean opt_quiet = FALSE;
 static gboolean opt_version = FALSE;
 
+/* --duration and --warmup: whether each was given is kept apart from its
+ * value, so that a negative one is refused rather than taken for "not
+ * given" (the default). */
+static gboolean
+on_seconds (const char *name, const char *value, gpointer data, GError **error)
+{
+  gboolean duration = strcmp (name, "-t") == 0 || strcmp (name, "--duration") == 0;
+  char *end = NULL;
+  double v = g_ascii_strtod (value, &end);
+
+  if (*value == '\0' || end == NULL || *end != '\0')
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+                   _("%s: %s: expected a number of seconds"), name, value);
+      return FALSE;
+    }
+  *(duration ? &opt_duration : &opt_warmup) = v;
+  *(duration ? &opt_duration_given : &opt_warmup_given) = TRUE;
+  return TRUE;
+}
+
 static const GOptionEntry entries[] = {
   { "server", 's', 0, G_OPTION_ARG_STRING, &opt_server, N_("server host name or address (default 127.0.0.1)"), N_("HOST") },
   { "port", 'p', 0, G_OPTION_ARG_INT, &opt_port, N_("TCP port (default 22201 for memcache, 6379 for redis)"), N_("PORT") },
@@ -88,9 +111,9 @@ static const GOptionEntry entries[] = {
   { "queues", 'q', 0, G_OPTION_ARG_INT, &opt_queues, N_("queues; connection i uses queue i mod N (default 10)"), N_("N") },
   { "size", 'd', 0, G_OPTION_ARG_INT64, &opt_size, N_("message size in bytes, at least 40 (default 100)"), N_("BYTES") },
   { "mix", 'm', 0, G_OPTION_ARG_STRING, &opt_mix, N_("set, get or setget: a set then a get on each connection (default setget)"), N_("MIX") },
-  { "duration", 't', 0, G_OPTION_ARG_DOUBLE, &opt_duration, N_("seconds to measure (default 10)"), N_("SECONDS") },
+  { "duration", 't', 0, G_OPTION_ARG_CALLBACK, (gpointer) on_seconds, N_("seconds to measure (default 10)"), N_("SECONDS") },
   { "requests", 'n', 0, G_OPTION_ARG_INT64, &opt_requests, N_("measure this many requests in all instead of a duration"), N_("N") },
-  { "warmup", 'w', 0, G_OPTION_ARG_DOUBLE, &opt_warmup, N_("seconds of load before measuring (default 1, or 0 with -n)"), N_("SECONDS") },
+  { "warmup", 'w', 0, G_OPTION_ARG_CALLBACK, (gpointer) on_seconds, N_("seconds of load before measuring (default 1, or 0 with -n)"), N_("SECONDS") },
   { "pipeline", 'P', 0, G_OPTION_ARG_INT, &opt_pipeline, N_("requests in flight per connection (default 1)"), N_("N") },
   { "protocol", 'r', 0, G_OPTION_ARG_STRING, &opt_protocol, N_("memcache (set/get) or redis (RPUSH/LPOP) (default memcache)"), N_("PROTO") },
   { "pid", 0, 0, G_OPTION_ARG_INT, &opt_pid, N_("server process id: report its CPU time per operation"), N_("PID") },
@@ -292,15 +315,13 @@ main (int argc, char **argv)
     usage_error (_("--pipeline: %d: expected 1 to 4096"), opt_pipeline);
   if (opt_requests < 0)
     usage_error (_("--requests: %lld: expected a positive count"), (long long) opt_requests);
-  if (opt_requests > 0 && opt_duration >= 0)
+  if (opt_requests > 0 && opt_duration_given)
     usage_error (_("--duration and --requests exclude each other"));
-  if (opt_requests == 0 && opt_duration < 0)
-    opt_duration = 10;
   if (opt_requests == 0 && !(opt_duration > 0 && opt_duration < 1e7))
     usage_error (_("--duration: %g: expected a positive number of seconds"), opt_duration);
-  if (opt_warmup < 0)
-    opt_warmup = opt_requests > 0 ? 0 : 1;
-  if (!(opt_warmup < 1e7))
+  if (!opt_warmup_given && opt_requests > 0)
+    opt_warmup = 0;
+  if (!(opt_warmup >= 0 && opt_warmup < 1e7))
     usage_error (_("--warmup: %g: expected seconds"), opt_warmup);
   if (!(opt_timeout > 0 && opt_timeout < 1e7))
     usage_error (_("--timeout: %g: expected a positive number of seconds"), opt_timeout);

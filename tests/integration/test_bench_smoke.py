@@ -89,7 +89,9 @@ def test_bench_fill_then_drain(bench_bin, make_daemon):
 
 def test_bench_usage_errors(bench_bin):
     for args in (["--mix=bogus"], ["-d", "10"], ["-c", "0"], ["-t", "1", "-n", "5"],
-                 ["--protocol=http"], ["--cache", "--protocol=redis"]):
+                 ["--protocol=http"], ["--cache", "--protocol=redis"],
+                 # negative times were once taken for "not given" (the default)
+                 ["-t", "-1"], ["-w", "-1"], ["-t", "abc"], ["-n", "5", "-t", "2"]):
         proc = subprocess.run([str(bench_bin)] + args, capture_output=True, timeout=10)
         assert proc.returncode == 2, args
         assert proc.stderr.startswith(b"memcacheq-bench: "), proc.stderr
