@@ -1944,10 +1944,12 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * does not preempt: it runs when the main thread yields or on the other
  * CPU.  4 alternating 4 s runs each: 107.9k -> 117.6k ops/s, 9.05 -> 8.13
  * us CPU per op; one connection 9.1-9.4k -> 11.6k ops/s, p99 289-371 ->
- * 230 us.  (SCHED_IDLE: 100-107k.)  Any thread may choose it, no
- * privilege needed; if refused, the thread runs as before.  In durable
- * mode the thread also binds itself to the CPUs that take the disk's
- * interrupts, where each fsync completes (see placement.c). */
+ * 230 us.  (SCHED_IDLE: 100-107k.  SCHED_FIFO, which wakes it at once:
+ * 84-108k against 113-122k, the main thread pinned to the other CPU or
+ * not.)  Any thread may choose it, no privilege needed; if refused, the
+ * thread runs as before.  In durable mode the thread also binds itself to
+ * the CPUs that take the disk's interrupts, where each fsync completes
+ * (see placement.c). */
 static void
 sync_thread_init (McqStore *s)
 {
