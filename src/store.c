@@ -1900,12 +1900,14 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * synced, then fsynced it itself 2-3 times as often on the main thread;
  * raising this thread's priority (nice -10) changed nothing.
  *
- * Where the time of a durable set goes (50 connections, set+get, 110k
- * ops/s, timestamps per batch): 72 us from the hand-over until this
- * thread starts its flush (its wake-up, or the flush before still
- * running), 171 us in log_flush, 49 us until the main thread releases the
- * replies.  At 50 connections durable mode is bound by that latency, not
- * by CPU: with 100 connections it made 138k ops/s.  Also measured and
+ * Where the time of a durable set goes (50 connections, set+get, 124k
+ * ops/s, timestamps per op and batch): 39 us from its submission to the
+ * hand-over, 105 us until this thread starts its flush (mostly the flush
+ * before still running), 245 us in log_flush, 56 us until the main thread
+ * runs its completion; the client saw 590 us for a set and 212 us for a
+ * get.  (At 110k, in an earlier build: 72, 171 and 49 us from the
+ * hand-over on.)  At 50 connections durable mode is bound by that
+ * latency, not by CPU: with 100 connections it made 138k ops/s.  Also measured and
  * left out: waking this thread for every set read while it is idle
  * (more, smaller fsyncs: 21.5k instead of 18.5k in 5 s, no more ops/s);
  * releasing finished batches between two connections' reads instead of
@@ -1916,10 +1918,17 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * checkpointing every 64 MiB of log instead of CHECKPOINT_LOG_KB, so that
  * fewer database fsyncs share the disk with these (3 alternating runs:
  * 129.1k, 124.8k, 129.7k against 129.4k, 123.8k, 127.8k: nothing).
- * Starting writeback at the batch's write (sync_file_range) would take
- * ~55 us off a 9 KB write's time to durable when the fsync comes 70 us
- * later (standalone test: 216 -> 160 us), but the call costs the main
- * thread ~20 us per batch (~0.8 us per op): not tried in the daemon.
+ * Starting writeback at the batch's write (sync_file_range) takes ~55 us
+ * off a 9 KB write's time to durable when the fsync comes 70 us later
+ * (standalone test: 216 -> 160 us).  In the daemon, 2 alternating runs
+ * each: called by the main thread after each hand-over, fdatasync fell
+ * from 234-248 to 182-195 us, but CPU per op rose 7.2-7.7 -> 8.1-8.5 us and
+ * gets waited longer (208-214 -> 243-275 us): 122-127k -> 110-118k ops/s;
+ * called by a thread of its own, woken per hand-over: 106-111k against
+ * 121-125k (fdatasync no faster, the clients short of CPU).  Left out.
+ * Waiting a fixed time after a batch arrives before flushing, so that
+ * more sets share the fsync: 50 us 122k, 100 us 106k, 150 us 101k, 200
+ * us 93k against 121k without.
  * Two sync threads, the second fdatasyncing the newest log file itself
  * so that a batch need not wait for the flush before it: 114.7k ops/s
  * against 115.5k with one (5 alternating runs; two standalone writers
