@@ -295,5 +295,10 @@ mcq_options_home (const McqOptions *o)
       const char *colon = strchr (state, ':');
       return colon ? g_strndup (state, (gsize) (colon - state)) : g_strdup (state);
     }
-  return g_build_filename (g_get_user_state_dir (), "memcacheq", NULL);
+  /* What g_get_user_state_dir () gives, which needs GLib 2.72: the
+   * XDG base directory spec ignores a relative XDG_STATE_HOME. */
+  state = g_getenv ("XDG_STATE_HOME");
+  if (state != NULL && g_path_is_absolute (state))
+    return g_build_filename (state, "memcacheq", NULL);
+  return g_build_filename (g_get_home_dir (), ".local", "state", "memcacheq", NULL);
 }

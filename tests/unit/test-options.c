@@ -160,7 +160,7 @@ static void
 test_home (void)
 {
   g_auto(McqOptions) o;
-  g_autofree char *h1 = NULL, *h2 = NULL, *h3 = NULL;
+  g_autofree char *h1 = NULL, *h2 = NULL, *h3 = NULL, *h4 = NULL, *h5 = NULL, *expected = NULL;
   const char *args[] = { NULL };
 
   mcq_options_init (&o);
@@ -169,8 +169,17 @@ test_home (void)
   h1 = mcq_options_home (&o);
   g_assert_cmpstr (h1, ==, "/var/lib/memcacheq");
   g_unsetenv ("STATE_DIRECTORY");
+  g_setenv ("XDG_STATE_HOME", "/srv/state", TRUE);
+  h4 = mcq_options_home (&o);
+  g_assert_cmpstr (h4, ==, "/srv/state/memcacheq");
+  /* A relative XDG_STATE_HOME is invalid (XDG base directory spec). */
+  g_setenv ("XDG_STATE_HOME", "state", TRUE);
   h2 = mcq_options_home (&o);
-  g_assert_true (g_str_has_suffix (h2, "/memcacheq"));
+  expected = g_build_filename (g_get_home_dir (), ".local", "state", "memcacheq", NULL);
+  g_assert_cmpstr (h2, ==, expected);
+  g_unsetenv ("XDG_STATE_HOME");
+  h5 = mcq_options_home (&o);
+  g_assert_cmpstr (h5, ==, expected);
   o.home = g_strdup ("/srv/q");
   h3 = mcq_options_home (&o);
   g_assert_cmpstr (h3, ==, "/srv/q");
