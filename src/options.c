@@ -13,6 +13,12 @@
 #define DEFAULT_PORT 22201
 #define DEFAULT_MAX_BODY (1024 * 1024)
 #define MAX_MAX_BODY (1024 * 1024 * 1024)
+/* Log files are four times the log buffer (at least 2 MiB), each new one
+ * is zero-filled on the main thread in durable mode, and three of them are
+ * kept free on disk (see store.c): 16 MiB of buffer already means 64 MiB
+ * files and a 192 MiB reserve, and a bigger buffer buys nothing, since
+ * every batch writes its commits out at once. */
+#define MAX_LOG_BUFFER_KB (16 * 1024)
 
 void
 mcq_options_init (McqOptions *o)
@@ -82,11 +88,11 @@ static const NumericOption numeric_options[] = {
   { 'U', "udp-port", OFF (udp_port), 'u', 0, 65535, N_("PORT"), N_("UDP port: only 0 is accepted, UDP is not offered") },
   { 'a', "unix-mask", OFF (unix_mask), 'o', 0, 0777, N_("MODE"), N_("octal permissions of the unix socket (default 0700)") },
   { 'c', "max-conns", OFF (max_conns), 'u', 1, 1048576, N_("N"), N_("most simultaneous connections (default 1024)") },
-  { 't', "threads", OFF (threads), 'u', 1, 1024, N_("N"), N_("accepted for compatibility; memcacheq runs one network and one storage thread") },
+  { 't', "threads", OFF (threads), 'u', 1, 1024, N_("N"), N_("accepted for compatibility; one thread serves every connection and runs every transaction") },
   { 'm', "cache-size", OFF (cache_mb), 'U', 1, 1024 * 1024, N_("MB"), N_("Berkeley DB cache size in MiB (default 64)") },
   { 'A', "page-size", OFF (page_size), 'u', 512, 65536, N_("BYTES"), N_("database page size, a power of two from 512 to 65536 (default 4096)") },
-  { 'L', "log-buffer", OFF (log_buffer_kb), 'u', 1, 1024 * 1024, N_("KB"), N_("transaction log buffer in KiB (default 32)") },
-  { 'C', "checkpoint-interval", OFF (checkpoint_s), 'u', 0, 86400 * 7, N_("SECONDS"), N_("seconds between checkpoints (default 300; 0: only at shutdown)") },
+  { 'L', "log-buffer", OFF (log_buffer_kb), 'u', 1, MAX_LOG_BUFFER_KB, N_("KB"), N_("transaction log buffer in KiB, at most 16384 (default 32)") },
+  { 'C', "checkpoint-interval", OFF (checkpoint_s), 'u', 0, 86400 * 7, N_("SECONDS"), N_("seconds between timed checkpoints (default 300; 0: none); one also runs every 16 MiB of log and at shutdown") },
   { 'T', "trickle-interval", OFF (trickle_s), 'u', 0, 86400, N_("SECONDS"), N_("seconds between cache trickle writes (default 30; 0: never)") },
   { 'e', "trickle-percent", OFF (trickle_percent), 'u', 1, 100, N_("PERCENT"), N_("percent of the cache trickle keeps clean (default 60)") },
   { 'S', "stats-interval", OFF (stats_dump_s), 'u', 0, 86400, N_("SECONDS"), N_("accepted for compatibility; counters are saved in every transaction") },
@@ -156,7 +162,7 @@ mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **error)
     { "unix-socket", 's', 0, G_OPTION_ARG_FILENAME, &o->unix_path, N_("listen on this unix stream socket instead of TCP"), N_("PATH") },
     { "home", 'H', 0, G_OPTION_ARG_FILENAME, &o->home, N_("database home directory (default $STATE_DIRECTORY or $XDG_STATE_HOME/memcacheq)"), N_("DIR") },
     { "no-sync", 'N', 0, G_OPTION_ARG_NONE, &o->no_sync, N_("do not sync the log on commit: faster, but a crash may lose acknowledged messages"), NULL },
-    { "auto-remove-logs", 'R', 0, G_OPTION_ARG_NONE, &o->log_auto_remove, N_("remove log files as soon as they are no longer needed"), NULL },
+    { "auto-remove-logs", 'R', 0, G_OPTION_ARG_NONE, &o->log_auto_remove, N_("accepted for compatibility; log files are always removed once recovery no longer needs them"), NULL },
     { "daemon", 'd', 0, G_OPTION_ARG_NONE, &o->daemonize, N_("run in the background once ready"), NULL },
     { "enable-coredumps", 'r', 0, G_OPTION_ARG_NONE, &o->core_unlimited, N_("raise the core file size limit to the maximum"), NULL },
     { "user", 'u', 0, G_OPTION_ARG_STRING, &o->user, N_("switch to this user when started as root"), N_("USER") },
@@ -264,8 +270,8 @@ mcq_options_warnings (const McqOptions *o)
   GPtrArray *w = g_ptr_array_new_with_free_func (g_free);
 
   if (given (o, 't'))
-    g_ptr_array_add (w, g_strdup (_("-t/--threads is ignored: memcacheq serves every connection "
-                                    "from one network thread and runs transactions on one storage thread")));
+    g_ptr_array_add (w, g_strdup (_("-t/--threads is ignored: one thread serves every connection "
+                                    "and runs every transaction; two helpers sync the log and checkpoint")));
   if (given (o, 'S'))
     g_ptr_array_add (w, g_strdup (_("-S/--stats-interval is ignored: queue counters are saved in "
                                     "the same transaction as every message")));

@@ -74,13 +74,13 @@
  * replay to under a second and leaves that run alone (0.87x). */
 #define LOG_DEBT_MAX_KB (8 * CHECKPOINT_LOG_KB)
 #define LOG_DEBT_WAIT_S 5
-/* Log files are kept small so that the space held back below covers a
- * whole new one. */
+/* Log files are kept small (this, or four log buffers if -L is larger)
+ * so that the space held back below covers whole new ones. */
 #define LOG_FILE_BYTES (2 * 1024 * 1024)
 /* Free space below which sets are refused, so that gets, deletes and
  * checkpoints (which all write log records) keep working on a full disk,
- * and a restart still has room to recover. */
-#define DISK_RESERVE_BYTES (3 * LOG_FILE_BYTES)
+ * and a restart still has room to recover: three log files. */
+#define DISK_RESERVE_FILES 3
 
 typedef struct {
   char *name;
@@ -111,6 +111,7 @@ struct _McqStore {
   DB_ENV *env;
   DB *queues_db;
   DB *messages_db;
+  guint64 log_file_bytes;      /* each log file's size */
   guint64 page_size;           /* messages.db's, as its file has it (-A only sets it
                                   for a new file) */
   DB *purge_db;
@@ -500,7 +501,7 @@ home_space (McqStore *s, guint64 *avail, guint64 *reserve)
     return FALSE;
   *avail = (guint64) st.f_bavail * st.f_frsize;
   /* On a small filesystem hold back a quarter of it instead. */
-  *reserve = MIN ((guint64) DISK_RESERVE_BYTES, (guint64) st.f_blocks * st.f_frsize / 4);
+  *reserve = MIN (DISK_RESERVE_FILES * s->log_file_bytes, (guint64) st.f_blocks * st.f_frsize / 4);
   return TRUE;
 }
 
@@ -640,7 +641,9 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
    * gain, and a fast fill would write every log byte twice. */
   if (!cfg->no_sync)
     env->log_set_config (env, DB_LOG_ZERO, 1);
-  env->set_lg_max (env, MAX (LOG_FILE_BYTES, 4 * cfg->log_buffer_bytes));
+  s->log_file_bytes = MAX ((guint64) LOG_FILE_BYTES, 4 * (guint64) cfg->log_buffer_bytes);
+  g_assert (s->log_file_bytes <= G_MAXUINT32);   /* options cap -L well below */
+  env->set_lg_max (env, (u_int32_t) s->log_file_bytes);
 
   /* DB_PRIVATE: one process owns the environment (the home lock makes sure
    * of it), so its regions live in our heap instead of shared files.
@@ -1724,7 +1727,7 @@ op_in_segment (const McqOp *op)
   return (op->type == MCQ_OP_SET || op->type == MCQ_OP_GET) && op->status != MCQ_OP_FAILED;
 }
 
-/* Once free space in the home falls under DISK_RESERVE_BYTES, sets fail
+/* Once free space in the home falls under the reserve (home_space), sets fail
  * up front: what is left is kept for the gets that will free space again.
  * The statvfs is skipped for up to SPACE_RECHECK_US while the debt our
  * own commits added since the last one is under a quarter of the room it

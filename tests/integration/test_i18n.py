@@ -184,8 +184,8 @@ def test_daemon_logs_in_chinese_protocol_unchanged(tree, tmp_path):
     finally:
         d.kill9()
     log = d.stderr()
-    assert ("memcacheq: 警告：-t/--threads 被忽略：memcacheq 用一个网络线程服务所有连接，"
-            "并在一个存储线程上执行事务") in log, log
+    assert ("memcacheq: 警告：-t/--threads 被忽略：由一个线程服务所有连接并执行所有事务；"
+            "另有两个辅助线程负责同步日志和检查点") in log, log
     assert "memcacheq: memcacheq 0.1.0 已就绪，监听 127.0.0.1:%d；" % d.port in log, log
     assert "memcacheq: 已正常停止" in log, log
 

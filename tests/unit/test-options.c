@@ -85,6 +85,7 @@ test_bad_values (void)
   const char *sync_no[] = { "--no-sync=no", NULL };
   const char *daemon_yes[] = { "-p", "1", "--daemon=yes", NULL };
   const char *verbose_two[] = { "--verbose=2", NULL };
+  const char *log_big[] = { "-L", "16385", NULL };
 
   check_bad (b_abc, "--max-body");
   check_bad (p_big, "--port");
@@ -98,6 +99,7 @@ test_bad_values (void)
   check_bad (sync_no, "--no-sync takes no value");
   check_bad (daemon_yes, "--daemon takes no value");
   check_bad (verbose_two, "--verbose takes no value");
+  check_bad (log_big, "--log-buffer");
 }
 
 /* A switch's look-alike in another option's value is that value. */
