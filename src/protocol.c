@@ -152,23 +152,27 @@ parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
 {
   guint64 flags, bytes;
   gint64 exptime;
-  const char *key_error;
+  const char *problem;
 
-  if (ntok < 5 || ntok > 6 || rest->len > 0)
-    return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
-  if (!mcq_parse_u64 (tok[4].ptr, tok[4].len, &bytes) || bytes > MCQ_DECLARED_BODY_MAX ||
-      !mcq_parse_u64 (tok[2].ptr, tok[2].len, &flags) || flags > G_MAXUINT32 ||
-      !mcq_parse_i64 (tok[3].ptr, tok[3].len, &exptime) ||
-      (ntok == 6 && !span_is (tok[5], "noreply")))
+  if (ntok < 5 || !mcq_parse_u64 (tok[4].ptr, tok[4].len, &bytes) ||
+      bytes > MCQ_DECLARED_BODY_MAX)
     return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
 
   /* From here on the byte count is trusted, so any error also swallows the
-   * body: the client will send it whatever we answer. */
-  key_error = mcq_check_key (tok[1].ptr, tok[1].len);
-  if (key_error != NULL || bytes > max_body)
+   * body: the client will send it whatever we answer.  (Were it left in
+   * the stream, a body such as "get q" would run as a request of its own
+   * and take a message nobody asked for.) */
+  if (ntok > 6 || rest->len > 0 ||
+      !mcq_parse_u64 (tok[2].ptr, tok[2].len, &flags) || flags > G_MAXUINT32 ||
+      !mcq_parse_i64 (tok[3].ptr, tok[3].len, &exptime) ||
+      (ntok == 6 && !span_is (tok[5], "noreply")))
+    problem = ERR_FORMAT;
+  else
+    problem = mcq_check_key (tok[1].ptr, tok[1].len);
+  if (problem != NULL || bytes > max_body)
     {
       McqParseResult r = result (MCQ_PARSE_ERROR, line_end,
-                                 key_error != NULL ? key_error : ERR_TOOLARGE);
+                                 problem != NULL ? problem : ERR_TOOLARGE);
       r.discard = bytes + 2;
       return r;
     }

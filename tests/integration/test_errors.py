@@ -12,19 +12,27 @@ def assert_still_usable(c, key=b"after_err"):
     assert c.cmd(b"get %s\r\n" % key, b"END\r\n") == b"VALUE %s 0 2\r\nok\r\nEND\r\n" % key
 
 
-# Bad set lines: only the line is sent (no body is consumed in this case).
+# Bad set lines without a byte count to trust: only the line is sent, and
+# nothing after it is consumed.
 BAD_SET_LINES = {
     "negative_bytes": b"set q 0 0 -1\r\n",
     "non_numeric_bytes": b"set q 0 0 abc\r\n",
     "bytes_with_junk": b"set q 0 0 5x\r\n",
+    "missing_bytes": b"set q 0 0\r\n",
+    "missing_exptime_and_bytes": b"set q 0\r\n",
+    "only_key": b"set q\r\n",
+}
+
+# Bad set lines whose byte count is valid: the client sends the body anyway,
+# so it is swallowed with the error.  Each body here ("get q") would be a
+# request of its own, with a reply of its own, if it were left in the stream.
+BAD_SET_LINES_WITH_BODY = {
     "non_numeric_flags": b"set q abc 0 5\r\n",
     "negative_flags": b"set q -1 0 5\r\n",
     "flags_too_big": b"set q 4294967296 0 5\r\n",
     "non_numeric_exptime": b"set q 0 soon 5\r\n",
-    "missing_bytes": b"set q 0 0\r\n",
-    "missing_exptime_and_bytes": b"set q 0\r\n",
-    "only_key": b"set q\r\n",
     "extra_junk": b"set q 0 0 5 junk\r\n",
+    "extra_field": b"set q 0 0 5 noreply junk\r\n",
 }
 
 
@@ -34,6 +42,17 @@ def test_bad_set_line(conn, line):
     assert_still_usable(conn)
     # nothing was stored in q
     assert conn.cmd(b"get q\r\n", b"END\r\n") == b"END\r\n"
+
+
+@pytest.mark.parametrize("line", list(BAD_SET_LINES_WITH_BODY.values()),
+                         ids=list(BAD_SET_LINES_WITH_BODY))
+def test_bad_set_line_swallows_its_body(conn, line):
+    assert conn.cmd(b"set q 0 0 6\r\nkeepme\r\n") == b"STORED\r\n"
+    # one reply only: had "get q" run, it would have taken keepme
+    assert (conn.cmd(line + b"get q\r\n" + b"version\r\n", VERSION_REPLY)
+            == BAD_FORMAT + VERSION_REPLY)
+    assert conn.cmd(b"get q\r\n", b"END\r\n") == b"VALUE q 0 6\r\nkeepme\r\nEND\r\n"
+    assert_still_usable(conn)
 
 
 def test_key_of_250_bytes_accepted(conn):

@@ -108,6 +108,26 @@ test_set_errors (void)
   g_assert_cmpuint (r.consumed, ==, strlen ("set q 0 0 -1\r\n"));
   g_assert_cmpuint (r.discard, ==, 0);
 
+  /* a valid byte count with another field wrong: the declared body is
+   * swallowed too, or a body like "get victim" would run as a request */
+  r = parse ("set q 1.5 0 12\r\nget victim\r\n\r\nversion\r\n", &req);
+  g_assert_cmpint (r.status, ==, MCQ_PARSE_ERROR);
+  g_assert_cmpstr (r.error, ==, "CLIENT_ERROR bad command line format\r\n");
+  g_assert_cmpuint (r.consumed, ==, strlen ("set q 1.5 0 12\r\n"));
+  g_assert_cmpuint (r.discard, ==, 14);
+  r = parse ("set q 4294967296 0 5\r\n", &req);
+  g_assert_cmpuint (r.discard, ==, 7);
+  r = parse ("set q 0 zz 5\r\n", &req);
+  g_assert_cmpuint (r.discard, ==, 7);
+  r = parse ("set q 0 0 5 norepl\r\n", &req);
+  g_assert_cmpuint (r.discard, ==, 7);
+  r = parse ("set q 0 0 5 noreply extra\r\n", &req);
+  g_assert_cmpstr (r.error, ==, "CLIENT_ERROR bad command line format\r\n");
+  g_assert_cmpuint (r.discard, ==, 7);
+  /* too few fields: no byte count to trust */
+  r = parse ("set q 0 5\r\n", &req);
+  g_assert_cmpuint (r.discard, ==, 0);
+
   /* too large: the declared body is swallowed */
   r = parse ("set q 0 0 2000\r\n", &req);
   g_assert_cmpint (r.status, ==, MCQ_PARSE_ERROR);
