@@ -9,7 +9,9 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <linux/sockios.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -38,6 +40,10 @@
 #define SWEEP_INTERVAL_S 5
 #define OUT_KEEP (4 * 1024)
 #define PIPELINE_MAX 256
+/* How long a connection being closed waits for its peer to take the last
+ * bytes sent (see conn_finish), and how often it looks. */
+#define LINGER_S 5
+#define LINGER_CHECK_MS 20
 
 typedef struct _Slot Slot;
 
@@ -62,6 +68,8 @@ struct _McqConnection {
   gboolean read_closed;         /* peer sent EOF, or quit, or fatal error */
   gboolean draining;            /* shutdown: close as soon as nothing is owed */
   gboolean closed;              /* socket gone; waiting for ops to finish */
+  guint linger_timer;           /* closing: our side shut, see conn_finish */
+  gint64 linger_until;
 };
 
 struct _Slot {
@@ -155,6 +163,9 @@ conn_close (McqConnection *c)
     return;
   c->closed = TRUE;
   c->read_closed = TRUE;
+  if (c->linger_timer != 0)
+    g_source_remove (c->linger_timer);
+  c->linger_timer = 0;
   poller_forget (c);
   close (c->fd);
   c->fd = -1;
@@ -162,6 +173,78 @@ conn_close (McqConnection *c)
   srv->conns = g_list_remove (srv->conns, c);
   g_debug ("connection closed (%u open)", srv->curr_conns);
   conn_unref (c);
+}
+
+/* Reads and drops whatever the peer sent; FALSE once it has closed its
+ * side or the socket failed. */
+static gboolean
+discard_input (McqConnection *c)
+{
+  char sink[16 * 1024];
+
+  for (;;)
+    {
+      ssize_t n = recv (c->fd, sink, sizeof sink, MSG_DONTWAIT);
+      if (n > 0)
+        continue;
+      if (n < 0 && errno == EINTR)
+        continue;
+      return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    }
+}
+
+/* Whether the peer has acknowledged every byte we sent. */
+static gboolean
+all_acknowledged (McqConnection *c)
+{
+  int unacked = 0;
+  return ioctl (c->fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
+}
+
+static gboolean
+linger_check (gpointer data)
+{
+  McqConnection *c = data;
+
+  if (all_acknowledged (c) || g_get_monotonic_time () >= c->linger_until ||
+      !discard_input (c))
+    {
+      c->linger_timer = 0;
+      discard_input (c);
+      conn_close (c);
+      return G_SOURCE_REMOVE;
+    }
+  return G_SOURCE_CONTINUE;
+}
+
+/* Ends a connection that owes nothing more.  A plain close() is not
+ * enough while the peer has not yet acknowledged everything sent: if
+ * unread input sits in the socket (a pipelined request that will not run)
+ * or more arrives after it, the kernel answers with a reset and throws
+ * away what it still had to send, e.g. the end of a message a get has
+ * taken off its queue.  So then only our side is shut (the peer gets an
+ * end of stream after the last byte), input is read and dropped, and the
+ * socket is closed once everything is acknowledged, the peer closes, or
+ * LINGER_S pass. */
+static void
+conn_finish (McqConnection *c)
+{
+  if (c->linger_timer != 0)
+    return;
+  if (!discard_input (c) || all_acknowledged (c) || shutdown (c->fd, SHUT_WR) != 0)
+    {
+      conn_close (c);
+      return;
+    }
+  c->read_closed = TRUE;
+  c->want = EPOLLIN;
+  if (!poller_watch (c, EPOLL_CTL_MOD))
+    {
+      conn_close (c);
+      return;
+    }
+  c->linger_until = g_get_monotonic_time () + LINGER_S * G_USEC_PER_SEC;
+  c->linger_timer = g_timeout_add (LINGER_CHECK_MS, linger_check, c);
 }
 
 /* ---- output ---------------------------------------------------------------- */
@@ -760,7 +843,7 @@ conn_update (McqConnection *c)
       /* Draining closes between requests: every request read has been
        * answered and none is half received, so the client sees a clean
        * end of stream rather than a reset. */
-      conn_close (c);
+      conn_finish (c);
       return;
     }
   may_read = may_parse (c);
@@ -785,6 +868,12 @@ conn_event (McqConnection *c, guint32 events)
   if (events & EPOLLERR)
     {
       conn_close (c);
+      return;
+    }
+  if (c->linger_timer != 0)
+    {
+      if (!discard_input (c))
+        conn_close (c);
       return;
     }
   if (events & (EPOLLIN | EPOLLHUP))

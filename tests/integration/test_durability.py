@@ -103,3 +103,73 @@ def test_kill9_durable_then_more_work(make_daemon):
     with d.client() as c:
         assert c.drain("kw", 100) == [b"before-%d" % i for i in range(5, 20)] + [b"after"]
     assert d.stop() == 0
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_shutdown_never_resets_a_pipelining_consumer(make_daemon, mode):
+    """A consumer keeps two gets in flight on big messages and reads slowly
+    when SIGTERM comes.  The daemon answers what it has read and closes; the
+    get it has not read must not make the kernel reset the connection, which
+    would throw away the end of a message already taken off the queue: the
+    consumer must see a clean end of stream, and every message must end up
+    either received whole or still queued, exactly once."""
+    d = make_daemon(MODES[mode])
+    n, size = 400, 100_000
+    with d.client() as c:
+        for i in range(0, n, 20):
+            c.send(b"".join(b"set big 0 0 %d noreply\r\n%s\r\n" % (size, b"%08d" % j * (size // 8))
+                            for j in range(i, i + 20)))
+        assert c.cmd(b"version\r\n").startswith(b"VERSION")
+
+    got, outcome = [], []
+
+    def consume():
+        c = d.client(rcvbuf=8192)
+        buf = b""
+        try:
+            c.send(b"get big\r\nget big\r\n")
+            while True:
+                while True:
+                    if buf.startswith(b"END\r\n"):
+                        buf = buf[5:]
+                        c.send(b"get big\r\n")
+                        continue
+                    e = buf.find(b"\r\n")
+                    if not buf.startswith(b"VALUE") or e < 0:
+                        break
+                    length = int(buf[:e].split()[3])
+                    if len(buf) < e + 2 + length + 7:
+                        break
+                    body = buf[e + 2:e + 2 + length]
+                    assert body == body[:8] * (size // 8)
+                    got.append(int(body[:8]))
+                    buf = buf[e + 2 + length + 7:]
+                    c.send(b"get big\r\n")
+                data = c.sock.recv(4096)
+                if not data:
+                    outcome.append("eof")
+                    return
+                buf += data
+                time.sleep(0.0005)
+        except OSError as e:
+            outcome.append("error: %r after %d messages, %d bytes of a reply" % (e, len(got), len(buf)))
+        finally:
+            c.close()
+
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(0.3)
+    assert d.stop() == 0, d.stderr()
+    t.join(30)
+    assert outcome == ["eof"]
+    assert 0 < len(got) < n
+    d.start()
+    with d.client() as c:
+        rest = []
+        while True:
+            c.send(b"get big\r\n")
+            reply = c.read_until(b"END\r\n")
+            if reply == b"END\r\n":
+                break
+            rest.append(int(reply.split(b"\r\n")[1][:8]))
+    assert got + rest == list(range(n))

@@ -152,6 +152,21 @@ def test_line_too_long_closes_only_that_connection(daemon):
     other.close()
 
 
+def test_line_too_long_reply_arrives_before_a_clean_close(daemon):
+    # More than one read's worth follows the error: closing with it unread
+    # would make the kernel reset the connection and drop the reply.
+    c = daemon.client()
+    c.send(b"get " + b"k" * 200_000)
+    data = b""
+    while True:
+        chunk = c.sock.recv(4096)   # a reset raises here and fails the test
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    assert data == b"CLIENT_ERROR line too long\r\n"
+
+
 def test_line_of_16384_bytes_is_not_too_long(conn):
     # a line up to the limit is a normal (unknown) command line
     line = b"x" * 16000 + b"\r\n"
