@@ -1774,8 +1774,10 @@ refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
         g_clear_error (&batch[i]->error);
         g_set_error (&batch[i]->error, G_IO_ERROR, G_IO_ERROR_NO_SPACE,
                      "%" G_GUINT64_FORMAT " KiB free in the home directory, below the %"
-                     G_GUINT64_FORMAT " KiB kept for gets; new messages are refused until "
-                     "space is freed", avail / 1024, reserve / 1024);
+                     G_GUINT64_FORMAT " KiB kept for gets plus the %" G_GUINT64_FORMAT
+                     " KiB that recent commits will still take on disk; new messages are "
+                     "refused until space is freed", avail / 1024, reserve / 1024,
+                     debt / 1024);
       }
 }
 
