@@ -31,6 +31,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -244,3 +245,46 @@ def test_reserve_holds_with_messages_that_fill_whole_pages(small_tmpfs, make_dae
             "%d KiB left after the checkpoint" % (st.f_bavail * st.f_frsize // 1024)
         got = c.drain("kq", stored)
         assert len(got) == stored and all(b == body for b in got)
+
+
+def test_sets_work_again_after_a_full_disk_is_drained(tmp_path, make_daemon):
+    """Small messages fill messages.db itself up to the reserve; Berkeley DB
+    keeps the pages of consumed messages inside the file, so draining alone
+    gave no space back and every set stayed refused, even after a restart.
+    Under space pressure the daemon compacts the file once it is mostly free."""
+    with mounted_tmpfs(tmp_path / "mnt", "24m",
+                       "needs root to mount a small tmpfs as the state directory") as mnt:
+        d = make_daemon([], home=mnt / "home")
+        with d.client(timeout=30) as c:
+            # Go on past the first refusal, as a client retrying would: the
+            # checkpoints that follow move the log into messages.db until
+            # the file itself fills the disk down to the reserve.
+            stored, refused_in_a_row = [], 0
+            for i in range(6000):
+                body = b"%08d" % i * 1250
+                reply = c.cmd(b"set sq 0 0 %d\r\n%s\r\n" % (len(body), body))
+                if reply == b"STORED\r\n":
+                    stored.append(i)
+                    refused_in_a_row = 0
+                    continue
+                assert b"space" in reply, reply
+                refused_in_a_row += 1
+                if refused_in_a_row == 200:
+                    break
+            assert refused_in_a_row == 200 and len(stored) > 100
+            for i in stored:
+                assert c.get("sq") == b"%08d" % i * 1250
+            assert c.get("sq") is None
+            deadline = time.monotonic() + 15
+            while True:
+                reply = c.cmd(b"set sq 0 0 5\r\nafter\r\n")
+                if reply == b"STORED\r\n" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert reply == b"STORED\r\n", reply
+        d.stop()
+        d.start()
+        with d.client(timeout=30) as c:
+            assert c.get("sq") == b"after"
+            assert c.get("sq") is None
+        d.stop()
