@@ -206,15 +206,12 @@ linger_check (gpointer data)
 {
   McqConnection *c = data;
 
-  if (all_acknowledged (c) || g_get_monotonic_time () >= c->linger_until ||
-      !discard_input (c))
-    {
-      c->linger_timer = 0;
-      discard_input (c);
-      conn_close (c);
-      return G_SOURCE_REMOVE;
-    }
-  return G_SOURCE_CONTINUE;
+  /* Input is dropped first, so a close below leaves none unread. */
+  if (discard_input (c) && !all_acknowledged (c) && g_get_monotonic_time () < c->linger_until)
+    return G_SOURCE_CONTINUE;
+  c->linger_timer = 0;
+  conn_close (c);
+  return G_SOURCE_REMOVE;
 }
 
 /* Ends a connection that owes nothing more.  A plain close() is not

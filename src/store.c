@@ -1800,7 +1800,9 @@ compact_if_mostly_free (McqStore *s)
 {
   g_autofree char *path = g_build_filename (s->cfg.home, "messages.db", NULL);
   gint64 now = g_get_monotonic_time ();
-  guint64 held = PAGE_RESERVE_BYTES;
+  /* What the queues hold: bodies, plus key, header and the btree's own
+   * few bytes for each message. */
+  guint64 held = PAGE_RESERVE_BYTES + s->depth * (MSG_KEY_SIZE + MSG_HEADER_SIZE + 16);
   GHashTableIter iter;
   gpointer value;
   GStatBuf st;
@@ -1813,8 +1815,7 @@ compact_if_mostly_free (McqStore *s)
   s->compact_checked_at = now;
   g_hash_table_iter_init (&iter, s->queues);
   while (g_hash_table_iter_next (&iter, NULL, &value))
-    held += ((Queue *) value)->bytes + (((Queue *) value)->tail - ((Queue *) value)->head) *
-                                        (MSG_KEY_SIZE + MSG_HEADER_SIZE + 16);
+    held += ((Queue *) value)->bytes;
   if (g_stat (path, &st) != 0 || (guint64) st.st_size <= 2 * held)
     return;
   s->compacted_at = now;
