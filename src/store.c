@@ -1992,6 +1992,17 @@ run_batch (McqStore *s, McqOp **batch, guint n)
  * DB_LOG_ZERO filling it on the main thread under the log lock (~0.5 ms
  * per 2 MiB file, ~20 files a second): p99 1.87 -> 1.50 ms but 0.975x
  * the ops/s (8 paired runs, 3 won).  Both left out.
+ * This thread sending each set's STORED itself once the flush covers it
+ * (the main thread offering the socket when nothing else was owed on it),
+ * instead of handing it back: 120.2k against 132.9k ops/s (4 alternating
+ * runs each), since the sends (~3 us each, ~18 per flush) delay the next
+ * flush.  Log writes opened O_DSYNC (DB_LOG_DSYNC, with or without
+ * DB_LOG_DIRECT; every write left to this thread's flush, since a
+ * synchronous write on the main thread would stall it): 77-79k against
+ * 121-127k, since Berkeley DB holds the log's mutex through the write and
+ * the main thread's commits wait on it.  (Standalone, a 4 KiB O_DIRECT|
+ * O_DSYNC write is 101-115 us against 125-136 us for write+fdatasync.)
+ * Both left out.
  * Pinning the main thread (alone) to one of the 2 CPUs gave +8-10%, but
  * only on the CPU that does not take the disk's interrupts (on the other:
  * nothing); the whole daemon on one CPU fell to 86-90k.  Keeping the main
