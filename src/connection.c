@@ -28,13 +28,17 @@
 #define OUT_HIGH (4 * 1024 * 1024)
 /* Gets take messages for a connection only while its unsent replies plus
  * the messages taken for replies not yet formatted stay under this (or
- * when nothing at all is owed, so that any message can be had): past it,
- * a get answers as if the queue were empty and the messages stay queued
- * until the client has read.  So one multi-get or a pipeline of gets
- * cannot make the daemon hold unbounded memory, and a client that reads
- * is never cut off with messages it was given still unsent.  The bound
- * grows with -B so one maximal reply fits.  A client that reads nothing
- * for WRITE_STALL_S while replies wait is cut off. */
+ * when nothing at all is owed, so that any message can be had).  Past it,
+ * a get that has taken nothing yet waits, its message left queued, and
+ * runs again once the client has read everything owed; so do the gets
+ * sent after it, which keeps each queue's messages in request order.  A
+ * multi-get that has already taken some of its messages answers the rest
+ * as empty instead (they stay queued).  So one multi-get or a pipeline of
+ * gets cannot make the daemon hold unbounded memory, a pipelining
+ * consumer is never told a queue is empty when it is not, and a client
+ * that reads is never cut off with messages it was given still unsent.
+ * The bound grows with -B so one maximal reply fits.  A client that reads
+ * nothing for WRITE_STALL_S while replies wait is cut off. */
 #define OUT_LIMIT_MIN (16 * 1024 * 1024)
 #define WRITE_STALL_S 60
 #define SWEEP_INTERVAL_S 5
@@ -63,6 +67,7 @@ struct _McqConnection {
   size_t out_off;
   size_t out_peak;
   gsize taken;                  /* bytes of messages taken by gets, not yet in out */
+  guint parked;                 /* gets waiting for the client to read (Slot.park) */
 
   gint64 last_write;            /* monotonic µs of the last write progress */
   gboolean read_closed;         /* peer sent EOF, or quit, or fatal error */
@@ -83,6 +88,9 @@ struct _Slot {
   gboolean with_cas;
   GByteArray *reply;            /* immediate reply, or formatted on completion */
   gsize taken;                  /* this get's share of McqConnection.taken */
+  gboolean park;                /* get refused room before taking anything: runs
+                                   again once the client has read (see slot_room) */
+  gboolean parked;              /* ... and its store op has finished */
 };
 
 static void conn_update (McqConnection *c);
@@ -481,6 +489,20 @@ slot_done (McqOp *op)
   Slot *s = op->user_data;
   McqConnection *c = s->conn;
 
+  if (s->park && op->status == MCQ_OP_OK)
+    {
+      /* Took nothing: stays owed, keeps its keys, runs again later. */
+      s->parked = TRUE;
+      if (!c->closed)
+        conn_update (c);
+      conn_unref (c);
+      return;
+    }
+  if (s->park)
+    {
+      s->park = FALSE;
+      c->parked--;
+    }
   s->pending = FALSE;
   /* What the get took is in its reply now (or was given back). */
   c->taken -= s->taken;
@@ -544,7 +566,7 @@ slot_new (McqConnection *c, McqCommand cmd)
       slot_cache = s->next_free;
       slot_cache_len--;
       s->next_free = NULL;
-      s->pending = s->noreply = s->with_cas = FALSE;
+      s->pending = s->noreply = s->with_cas = s->park = s->parked = FALSE;
     }
   else
     s = g_new0 (Slot, 1);
@@ -567,11 +589,19 @@ slot_room (McqOp *op, gssize bytes)
   if (bytes > 0)
     {
       /* A client that is gone would lose what it is given. */
-      if (c->closed)
+      if (c->closed || s->park)
         return FALSE;
-      if ((out_pending (c) > 0 || c->taken > 0) &&
-          out_pending (c) + c->taken + (guint64) bytes > limit)
-        return FALSE;
+      if (c->parked > 0 ||
+          ((out_pending (c) > 0 || c->taken > 0) &&
+           out_pending (c) + c->taken + (guint64) bytes > limit))
+        {
+          if (s->taken == 0)
+            {
+              s->park = TRUE;
+              c->parked++;
+            }
+          return FALSE;
+        }
     }
   s->taken += (gsize) bytes;
   c->taken += (gsize) bytes;
@@ -803,6 +833,29 @@ conn_read (McqConnection *c)
   return TRUE;
 }
 
+/* The client has read everything owed: the gets that waited for room run
+ * again, in request order (see OUT_LIMIT_MIN). */
+static void
+conn_unpark (McqConnection *c)
+{
+  GList *l;
+
+  /* Not while one of them is still in the store: they go back together,
+   * or the first would find the later one parked and wait again. */
+  for (l = c->slots.head; l != NULL; l = l->next)
+    if (((Slot *) l->data)->park && !((Slot *) l->data)->parked)
+      return;
+  for (l = c->slots.head; l != NULL; l = l->next)
+    {
+      Slot *s = l->data;
+      if (!s->parked)
+        continue;
+      s->park = s->parked = FALSE;
+      c->parked--;
+      slot_submit (s, MCQ_OP_GET);
+    }
+}
+
 /* Writes what can be written, then decides which events to wait for. */
 static void
 conn_update (McqConnection *c)
@@ -818,6 +871,8 @@ conn_update (McqConnection *c)
       conn_close (c);
       return;
     }
+  if (c->parked > 0 && out_pending (c) == 0 && c->taken == 0)
+    conn_unpark (c);
   /* Input parked while the pipeline was full can be parsed now; keep
    * going while it makes progress, since requests answered on the spot
    * (version, errors) complete no store op that would bring us back. */
