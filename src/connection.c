@@ -408,11 +408,15 @@ reply_failure (Slot *s)
   const char *msg = s->op.error ? s->op.error->message : "storage failure";
   g_autofree char *line = g_strdelimit (g_strdup (msg), "\r\n", ' ');
 
+  g_warning (_("request failed: %s"), msg);
+  /* A noreply set or delete gets no error line either (see protocol.c's
+   * line_is_noreply); the warning above is all that tells of it. */
+  if (s->noreply)
+    return;
   if (s->op.error && g_error_matches (s->op.error, G_IO_ERROR, G_IO_ERROR_NO_SPACE))
     out_printf (slot_reply (s), "SERVER_ERROR out of disk space: %s\r\n", line);
   else
     out_printf (slot_reply (s), "SERVER_ERROR %s\r\n", line);
-  g_warning (_("request failed: %s"), msg);
 }
 
 static void
@@ -749,7 +753,10 @@ process_bytes (McqConnection *c, const char *buf, size_t len)
           handle_request (c, &req);
           break;
         case MCQ_PARSE_ERROR:
-          immediate (c, r.error);
+          if (r.noreply)
+            g_info (_("not answering a noreply request: %.*s"), (int) strlen (r.error) - 2, r.error);
+          else
+            immediate (c, r.error);
           c->discard = r.discard;
           c->skip_line = r.skip_line;
           break;

@@ -122,6 +122,27 @@ result (McqParseStatus status, size_t consumed, const char *error)
   return r;
 }
 
+/* Whether a line whose tokens are tok[0..ntok) (rest: what did not fit)
+ * asks for no reply.  As in memcached, an error on such a line is not
+ * answered either: the client reads no reply to it, so an error line
+ * would be taken as the reply to its next request (pymemcache, whose sets
+ * are noreply by default, then dropped the reply to its next get, and the
+ * message that get had taken with it). */
+static gboolean
+line_is_noreply (const McqSpan *tok, guint ntok, const McqSpan *rest)
+{
+  return ntok >= 2 && rest->len == 0 && span_is (tok[ntok - 1], "noreply");
+}
+
+static McqParseResult
+line_error (size_t consumed, const char *error, const McqSpan *tok, guint ntok,
+            const McqSpan *rest)
+{
+  McqParseResult r = result (MCQ_PARSE_ERROR, consumed, error);
+  r.noreply = line_is_noreply (tok, ntok, rest);
+  return r;
+}
+
 gboolean
 mcq_request_next_key (const McqRequest *req, size_t *pos, McqSpan *key)
 {
@@ -171,8 +192,8 @@ parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
     problem = mcq_check_key (tok[1].ptr, tok[1].len);
   if (problem != NULL || bytes > max_body)
     {
-      McqParseResult r = result (MCQ_PARSE_ERROR, line_end,
-                                 problem != NULL ? problem : ERR_TOOLARGE);
+      McqParseResult r = line_error (line_end, problem != NULL ? problem : ERR_TOOLARGE,
+                                     tok, ntok, rest);
       r.discard = bytes + 2;
       return r;
     }
@@ -185,7 +206,7 @@ parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
     {
       /* Longer than declared (or garbage after it): drop the declared body
        * and the rest of that line so the next request starts clean. */
-      McqParseResult r = result (MCQ_PARSE_ERROR, line_end + bytes, ERR_CHUNK);
+      McqParseResult r = line_error (line_end + bytes, ERR_CHUNK, tok, ntok, rest);
       r.skip_line = TRUE;
       return r;
     }
@@ -285,11 +306,11 @@ mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *re
           if (span_is (tok[i], "noreply") && i == ntok - 1)
             noreply = TRUE;
           else if (!(i == 2 && span_is (tok[i], "0")))
-            return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
+            return line_error (line_end, ERR_FORMAT, tok, ntok, &rest);
         }
       const char *err = mcq_check_key (tok[1].ptr, tok[1].len);
       if (err != NULL)
-        return result (MCQ_PARSE_ERROR, line_end, err);
+        return line_error (line_end, err, tok, ntok, &rest);
       req->cmd = MCQ_CMD_DELETE;
       req->key = tok[1];
       req->noreply = noreply;
@@ -317,7 +338,7 @@ mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *re
         return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
       if (ntok > 3 || (ntok == 3 && !span_is (tok[2], "noreply")) ||
           !mcq_parse_u64 (tok[1].ptr, tok[1].len, &level) || level > G_MAXUINT32)
-        return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
+        return line_error (line_end, ERR_FORMAT, tok, ntok, &rest);
       req->cmd = MCQ_CMD_VERBOSITY;
       req->verbosity = (guint32) level;
       req->noreply = ntok == 3;

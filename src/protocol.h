@@ -61,6 +61,9 @@ typedef struct {
   guint64 discard;      /* ERROR only: further bytes to drop as they arrive */
   gboolean skip_line;   /* ERROR only: after `discard`, drop through the next '\n' */
   const char *error;    /* ERROR/FATAL: the reply line, with "\r\n" */
+  gboolean noreply;     /* ERROR only: the line ends in "noreply", so no reply
+                           is sent (the client reads none; an error line would
+                           be taken as the reply to its next request) */
 } McqParseResult;
 
 /* Parses the request at the start of buf[0..len).  max_body is the largest

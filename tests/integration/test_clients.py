@@ -85,3 +85,22 @@ def test_memccp_memccat(daemon, tmp_path):
     with daemon.client() as c:
         assert c.stats_queue_raw() == b"STAT mcq-file.txt 1/1\r\nEND\r\n"
         assert c.get("mcq-file.txt") is None
+
+
+def test_pymemcache_noreply_error_does_not_cost_a_message(make_daemon):
+    """pymemcache's sets are noreply by default.  A refused noreply set (too
+    large for -B) must leave no error line in the stream: pymemcache would
+    read it as the reply to its next get, drop that connection, and with it
+    the message the get had taken off the queue."""
+    d = make_daemon(["-N", "-B", "100"])
+    cl = _client(d)
+    try:
+        assert cl.set("nq", b"x" * 200) is True      # refused, silently (noreply)
+        assert cl.set("nq", b"m1") is True
+        assert cl.set("nq", b"m2") is True
+        assert cl.get("nq") == b"m1"
+        assert cl.get("nq") == b"m2"
+        assert cl.get("nq") is None
+        assert _norm(cl.stats("queue"))["nq"] in (b"2/2", "2/2")
+    finally:
+        cl.close()

@@ -109,6 +109,25 @@ def test_set_on_full_disk_gets_clear_error_and_daemon_lives(full_disk):
         again.startswith(b"SERVER_ERROR") and b"space" in again.lower()), again
 
 
+def test_refused_noreply_set_on_full_disk_sends_nothing(full_disk):
+    """A noreply set refused for lack of space logs the failure but sends no
+    SERVER_ERROR: the client reads no reply to it, and the line would be
+    taken as the reply to its next request."""
+    d, c, stored, error = full_disk
+    assert error is not None
+    sent, refused = len(stored), False
+    body = body_for(sent)
+    for _ in range(MAX_SETS // 20):          # until the disk is really full
+        c.send(b"set dfq 7 0 %d noreply\r\n%s\r\n" % (len(body), body) * 20)
+        sent += 20
+        assert c.cmd(b"version\r\n").startswith(b"VERSION "), \
+            "an error line was sent for a noreply set"
+        if c.queue_counters()["dfq"][0] < sent:
+            refused = True
+            break
+    assert refused, "%d sets of %d bytes all stored on a %s tmpfs" % (sent, BODY, TMPFS_SIZE)
+
+
 def test_full_disk_harms_nothing_stored(full_disk, small_tmpfs):
     """Whatever happens on the full disk, once there is room again every
     STORED message is there, byte-identical."""

@@ -142,6 +142,40 @@ test_set_errors (void)
   g_assert_true (r.skip_line);
 }
 
+/* An error on a line ending in "noreply" is not answered (as in
+ * memcached): the client reads no reply to such a request.  Lines that
+ * do not end in it, or whose end we cannot see, are answered. */
+static void
+test_noreply_errors (void)
+{
+  static const struct { const char *line; gboolean quiet; guint64 discard; } cases[] = {
+    { "set q 0 0 2000 noreply\r\n", TRUE, 2002 },          /* too large */
+    { "set q 1.5 0 5 noreply\r\n", TRUE, 7 },              /* bad flags */
+    { "set q 0 0 5 bogus noreply\r\n", TRUE, 7 },
+    { "set q\x01 0 0 5 noreply\r\n", TRUE, 7 },           /* bad key */
+    { "set q 0 0 5 noreply\r\nhelloXX\r\n", TRUE, 0 },   /* bad data chunk */
+    { "set q 0 0 2000\r\n", FALSE, 2002 },
+    { "set q 0 0 5 noreply extra\r\n", FALSE, 7 },
+    { "set q 0 0 x noreply\r\n", FALSE, 0 },             /* no byte count to trust */
+    { "delete q 5 noreply\r\n", TRUE, 0 },
+    { "delete q\x01 noreply\r\n", TRUE, 0 },
+    { "delete q 5\r\n", FALSE, 0 },
+    { "verbosity x noreply\r\n", TRUE, 0 },
+    { "verbosity x\r\n", FALSE, 0 },
+    { "bogus noreply\r\n", FALSE, 0 },                   /* not a command we know */
+  };
+
+  for (guint i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      McqRequest req;
+      McqParseResult r = parse (cases[i].line, &req);
+      g_test_message ("%s", cases[i].line);
+      g_assert_cmpint (r.status, ==, MCQ_PARSE_ERROR);
+      g_assert_cmpint (r.noreply, ==, cases[i].quiet);
+      g_assert_cmpuint (r.discard, ==, cases[i].discard);
+    }
+}
+
 static void
 test_keys (void)
 {
@@ -293,6 +327,7 @@ main (int argc, char **argv)
   g_test_add_func ("/protocol/set", test_set);
   g_test_add_func ("/protocol/partial", test_partial);
   g_test_add_func ("/protocol/set-errors", test_set_errors);
+  g_test_add_func ("/protocol/noreply-errors", test_noreply_errors);
   g_test_add_func ("/protocol/keys", test_keys);
   g_test_add_func ("/protocol/get", test_get);
   g_test_add_func ("/protocol/other", test_other_commands);
