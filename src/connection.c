@@ -493,7 +493,7 @@ slot_done (McqOp *op)
   Slot *s = op->user_data;
   McqConnection *c = s->conn;
 
-  if (s->park && op->status == MCQ_OP_OK)
+  if (s->park && op->status == MCQ_OP_OK && !c->draining)
     {
       /* Took nothing: stays owed, keeps its keys, runs again later. */
       s->parked = TRUE;
@@ -592,8 +592,9 @@ slot_room (McqOp *op, gssize bytes)
 
   if (bytes > 0)
     {
-      /* A client that is gone would lose what it is given. */
-      if (c->closed || s->park)
+      /* A client that is gone would lose what it is given; one being
+       * drained at shutdown may not read it before the deadline. */
+      if (c->closed || c->draining || s->park)
         return FALSE;
       if (c->parked > 0 ||
           ((out_pending (c) > 0 || c->taken > 0) &&
@@ -710,7 +711,7 @@ handle_request (McqConnection *c, const McqRequest *req)
 static gboolean
 may_parse (McqConnection *c)
 {
-  return !c->read_closed && g_queue_get_length (&c->slots) < PIPELINE_MAX &&
+  return !c->read_closed && !c->draining && g_queue_get_length (&c->slots) < PIPELINE_MAX &&
          out_pending (c) < OUT_HIGH;
 }
 
@@ -878,7 +879,7 @@ conn_update (McqConnection *c)
       conn_close (c);
       return;
     }
-  if (c->parked > 0 && out_pending (c) == 0 && c->taken == 0)
+  if (c->parked > 0 && (c->draining || (out_pending (c) == 0 && c->taken == 0)))
     conn_unpark (c);
   /* Input parked while the pipeline was full can be parsed now; keep
    * going while it makes progress, since requests answered on the spot
@@ -896,12 +897,11 @@ conn_update (McqConnection *c)
       if (c->in != NULL && c->in->len - c->in_off == before)
         break;
     }
-  if ((c->read_closed || c->draining) && g_queue_is_empty (&c->slots) && out_pending (c) == 0 &&
-      (c->read_closed || (c->in == NULL && c->discard == 0 && !c->skip_line)))
+  if ((c->read_closed || c->draining) && g_queue_is_empty (&c->slots) && out_pending (c) == 0)
     {
-      /* Draining closes between requests: every request read has been
-       * answered and none is half received, so the client sees a clean
-       * end of stream rather than a reset. */
+      /* Draining stops parsing and closes once every request parsed has
+       * been answered; conn_finish makes sure the client reads all of it
+       * and then an end of stream, never a reset, whatever it sent after. */
       conn_finish (c);
       return;
     }

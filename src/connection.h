@@ -14,8 +14,10 @@ McqConnection *mcq_connection_new (McqServer *server, int fd);
 /* Refuses fd politely (too many connections) and closes it. */
 void mcq_connection_refuse (int fd, const char *reply);
 
-/* Shutdown: the connection goes on serving, and closes itself the first
- * time nothing is owed and no request is half received. */
+/* Shutdown: the connection parses no more requests, its gets not yet run
+ * take nothing (they answer as if empty, so that no message is taken that
+ * the client might not read before the deadline), and it closes itself
+ * once every reply owed has been sent. */
 void mcq_connection_drain (McqConnection *conn);
 
 /* Closes every connection at once (last step of shutdown). */

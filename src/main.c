@@ -187,9 +187,13 @@ tick (gpointer data)
  * activation the kernel keeps queueing new connections for the next
  * instance).  First a short quiet period in which connections are served
  * as usual, so requests already on their way are answered; then each
- * connection closes at its first idle moment; then whatever is left is
- * closed at the deadline, so a client that never reads cannot hold the
- * daemon up. */
+ * connection stops reading requests and taking messages, and closes once
+ * its client has what it is owed; then whatever is left is closed at the
+ * deadline, so a client that never reads cannot hold the daemon up (the
+ * messages already taken for it, at most the output bound's worth, go
+ * with it).  Until the drain stopped gets from taking, a consumer
+ * pipelining gets and reading slower than the daemon sent kept taking
+ * messages until the deadline cut them off unsent. */
 static void
 drain (McqServer *srv)
 {

@@ -105,6 +105,72 @@ def test_kill9_durable_then_more_work(make_daemon):
     assert d.stop() == 0
 
 
+def test_shutdown_takes_nothing_a_slow_pipelining_consumer_cannot_read(make_daemon):
+    """A consumer sends 1000 gets of 100 KB messages at once and reads about
+    4 MB/s, so at SIGTERM the daemon could go on taking messages for it for
+    longer than the 10 s it gives the drain.  Once draining, its gets take
+    nothing: the consumer reads everything it was given, then a clean end of
+    stream, and every message is either received or still queued, in order,
+    exactly once (before, ~100 messages taken during the drain were cut off
+    unsent at the deadline)."""
+    d = make_daemon(["-N"])
+    n, size = 1000, 100_000
+    with d.client() as c:
+        for i in range(0, n, 20):
+            c.send(b"".join(b"set deep 0 0 %d noreply\r\n%s\r\n" % (size, b"%08d" % j * (size // 8))
+                            for j in range(i, i + 20)))
+        assert c.cmd(b"version\r\n").startswith(b"VERSION")
+
+    got, outcome = [], []
+
+    def consume():
+        c = d.client(rcvbuf=65536)
+        buf, start, received = b"", time.monotonic(), 0
+        try:
+            c.send(b"get deep\r\n" * n)
+            while True:
+                while True:
+                    if buf.startswith(b"END\r\n"):
+                        buf = buf[5:]
+                        continue
+                    e = buf.find(b"\r\n")
+                    if not buf.startswith(b"VALUE") or e < 0:
+                        break
+                    length = int(buf[:e].split()[3])
+                    if len(buf) < e + 2 + length + 7:
+                        break
+                    body = buf[e + 2:e + 2 + length]
+                    assert body == body[:8] * (size // 8)
+                    got.append(int(body[:8]))
+                    buf = buf[e + 2 + length + 7:]
+                data = c.sock.recv(65536)
+                if not data:
+                    outcome.append("eof")
+                    return
+                buf += data
+                received += len(data)
+                ahead = received / 4e6 - (time.monotonic() - start)
+                if ahead > 0:
+                    time.sleep(ahead)
+        except OSError as e:
+            outcome.append("error: %r after %d messages" % (e, len(got)))
+        finally:
+            c.close()
+
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(1.0)
+    assert d.stop() == 0, d.stderr()
+    t.join(30)
+    assert outcome == ["eof"]
+    assert 0 < len(got) < n
+    d.start()
+    with d.client() as c:
+        rest = c.drain("deep", n)
+    assert got + [int(b[:8]) for b in rest] == list(range(n)), \
+        "received %d, %d still queued, of %d" % (len(got), len(rest), n)
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_shutdown_never_resets_a_pipelining_consumer(make_daemon, mode):
     """A consumer keeps two gets in flight on big messages and reads slowly
