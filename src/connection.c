@@ -186,13 +186,13 @@ conn_close (McqConnection *c)
 /* Reads and drops whatever the peer sent; FALSE once it has closed its
  * side or the socket failed. */
 static gboolean
-discard_input (McqConnection *c)
+discard_input (int fd)
 {
   char sink[16 * 1024];
 
   for (;;)
     {
-      ssize_t n = recv (c->fd, sink, sizeof sink, MSG_DONTWAIT);
+      ssize_t n = recv (fd, sink, sizeof sink, MSG_DONTWAIT);
       if (n > 0)
         continue;
       if (n < 0 && errno == EINTR)
@@ -203,10 +203,10 @@ discard_input (McqConnection *c)
 
 /* Whether the peer has acknowledged every byte we sent. */
 static gboolean
-all_acknowledged (McqConnection *c)
+all_acknowledged (int fd)
 {
   int unacked = 0;
-  return ioctl (c->fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
+  return ioctl (fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
 }
 
 static gboolean
@@ -215,7 +215,7 @@ linger_check (gpointer data)
   McqConnection *c = data;
 
   /* Input is dropped first, so a close below leaves none unread. */
-  if (discard_input (c) && !all_acknowledged (c) && g_get_monotonic_time () < c->linger_until)
+  if (discard_input (c->fd) && !all_acknowledged (c->fd) && g_get_monotonic_time () < c->linger_until)
     return G_SOURCE_CONTINUE;
   c->linger_timer = 0;
   conn_close (c);
@@ -236,7 +236,7 @@ conn_finish (McqConnection *c)
 {
   if (c->linger_timer != 0)
     return;
-  if (!discard_input (c) || all_acknowledged (c) || shutdown (c->fd, SHUT_WR) != 0)
+  if (!discard_input (c->fd) || all_acknowledged (c->fd) || shutdown (c->fd, SHUT_WR) != 0)
     {
       conn_close (c);
       return;
@@ -931,7 +931,7 @@ conn_event (McqConnection *c, guint32 events)
     }
   if (c->linger_timer != 0)
     {
-      if (!discard_input (c))
+      if (!discard_input (c->fd))
         conn_close (c);
       return;
     }
@@ -1098,11 +1098,52 @@ mcq_connection_new (McqServer *srv, int fd)
   return c;
 }
 
+/* A refused socket, kept until its client has closed (see
+ * mcq_connection_refuse). */
+typedef struct {
+  int fd;
+  gint64 until;
+} Refused;
+
+static guint refused_open;
+
+static gboolean
+refused_check (gpointer data)
+{
+  Refused *r = data;
+
+  if (discard_input (r->fd) && g_get_monotonic_time () < r->until)
+    return G_SOURCE_CONTINUE;
+  close (r->fd);
+  refused_open--;
+  g_free (r);
+  return G_SOURCE_REMOVE;
+}
+
+/* Clients send their first request as soon as they connect.  Closed with
+ * that request unread, the socket answered with a reset, and the client
+ * lost the reply before reading it (12 of 20 refusals seen as a bare
+ * ECONNRESET).  So the reply is followed by an end of stream, and the
+ * socket lingers, its input dropped, until the client closes or
+ * REFUSED_LINGER_MS pass.  Past REFUSED_MAX lingering at once (a flood of
+ * connections, which -c is there to withstand), they are closed at once. */
+#define REFUSED_LINGER_MS 1000
+#define REFUSED_MAX 64
+
 void
 mcq_connection_refuse (int fd, const char *reply)
 {
   ssize_t ignored = send (fd, reply, strlen (reply), MSG_NOSIGNAL | MSG_DONTWAIT);
   (void) ignored;
+  if (refused_open < REFUSED_MAX && shutdown (fd, SHUT_WR) == 0 && discard_input (fd))
+    {
+      Refused *r = g_new (Refused, 1);
+      r->fd = fd;
+      r->until = g_get_monotonic_time () + REFUSED_LINGER_MS * 1000;
+      refused_open++;
+      g_timeout_add (LINGER_CHECK_MS, refused_check, r);
+      return;
+    }
   close (fd);
 }
 
