@@ -162,8 +162,11 @@ struct _McqStore {
   guint64 ovfl_debt;           /* atomic: what overflow pages add to it, for the
                                   free-space check (see ovfl_excess) */
   gint space_pressure;         /* atomic: sets are being refused for lack of space */
-  gint64 space_checked_at;     /* main thread: when refuse_sets_if_disk_low last */
+  gint64 space_checked_at;     /* main thread: when space_look last */
   guint64 space_slack;         /*   looked, the room it found beyond the reserve */
+  guint64 space_avail, space_reserve;   /* and what it found (home_space) */
+  guint space_ckp_gen;         /*   and ckp_gen then: a checkpoint since (which
+                                  writes the debt out) means looking again */
   guint64 space_debt_at;       /*   and the debt then */
   gint64 compact_checked_at;   /* main thread: see compact_if_mostly_free */
   gint64 compacted_at;
@@ -491,6 +494,33 @@ load_queues (McqStore *s, GError **error)
   return TRUE;
 }
 
+/* Short of space (space_tight) the log written since the last checkpoint
+ * is kept to half a log file: past that, a checkpoint and the removal of the
+ * log files it frees come before anything more is written (see
+ * run_batch, seg_get, purge_step).  A transaction's log stays on disk
+ * until a checkpoint follows it, and the reserve (home_space) holds only
+ * three log files: a batch of gets of big messages written as one
+ * transaction (16 gets of 1 MB: 16 MB of log), or a queue of them purged
+ * 512 messages at a time, took the disk to 0 bytes free; from then on
+ * every request and checkpoint failed, and the environment could not
+ * even be recovered at the next start. */
+static guint64
+space_step (McqStore *s)
+{
+  return s->log_file_bytes / 2;
+}
+
+/* Short of space: sets are refused, or the room left past the reserve
+ * and the debt, at the last look, is under SPACE_TIGHT_FILES log files
+ * (a batch of gets alone can write that much).  Main thread only. */
+#define SPACE_TIGHT_FILES 8
+static gboolean
+space_tight (McqStore *s)
+{
+  return g_atomic_int_get (&s->space_pressure) != 0 ||
+         s->space_slack < SPACE_TIGHT_FILES * s->log_file_bytes;
+}
+
 /* Free space in the home, and how much of it is kept for gets, deletes,
  * checkpoints and recovery (see refuse_sets_if_disk_low); FALSE if
  * statvfs fails. */
@@ -601,6 +631,8 @@ static gpointer sync_thread (gpointer data);
 static GSourceFuncs flusher_funcs;
 static GSourceFuncs deliverer_funcs;
 static gpointer maint_thread (gpointer data);
+static void settle_if_pressed (McqStore *s);
+static void space_look (McqStore *s);
 
 McqStore *
 mcq_store_open (const McqStoreConfig *cfg, GError **error)
@@ -873,6 +905,7 @@ flusher_prepare (GSource *source, gint *timeout)
   if (s->purge_pending)
     {
       purge_step (s);
+      settle_if_pressed (s);
       *timeout = 0;
     }
   return FALSE;
@@ -1283,6 +1316,10 @@ seg_get (McqStore *s, McqOp *op)
       m->len = 0;
       if (q == NULL || q->head == q->tail)
         continue;
+      /* Short of space, a multi-get takes what one space step allows (at
+       * least one message); the rest answer empty and stay queued. */
+      if (s->seg_bytes >= space_step (s) && space_tight (s))
+        continue;
       seg_touch (s, q);
       if ((ret = take_head (s, q, op, m, &declined)) != 0)
         return db_fail (ret, &op->error, ret == DB_NOTFOUND ? "a message is missing from its queue"
@@ -1471,6 +1508,32 @@ settle (McqStore *s, gboolean remove_logs, GError **error)
   return ok;
 }
 
+static void
+settle_if_pressed (McqStore *s)
+{
+  g_autoptr(GError) err = NULL;
+
+  if (space_tight (s) && __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) >= space_step (s) &&
+      !settle (s, TRUE, &err))
+    g_debug ("checkpoint under space pressure: %s", err->message);
+}
+
+/* Where the log ends (bytes since the first log file), including what is
+ * still in the log buffer; 0 if unknown. */
+static guint64
+log_end (McqStore *s)
+{
+  DB_LOG_STAT *st = NULL;
+  guint64 end = 0;
+
+  if (s->env->log_stat (s->env, &st, 0) == 0)
+    {
+      end = (guint64) st->st_cur_file * s->log_file_bytes + st->st_cur_offset;
+      free (st);
+    }
+  return end;
+}
+
 /* Before a batch that writes: waits while the log since the last
  * checkpoint is past LOG_DEBT_MAX_KB, unless checkpoints are failing (a
  * full disk: the gets that free it must not wait).  A checkpoint that
@@ -1511,7 +1574,11 @@ archive (McqStore *s, GError **error)
   return TRUE;
 }
 
-/* Removes up to PURGE_CHUNK messages of one deleted queue. */
+/* Removes up to PURGE_CHUNK messages of one deleted queue, and no more
+ * than PURGE_LOG_BYTES of log (each removal logs the whole message, and
+ * 512 messages of 1 MB made one 512 MB transaction), or a space step
+ * under pressure; at least one. */
+#define PURGE_LOG_BYTES (4 * 1024 * 1024)
 static void
 purge_step (McqStore *s)
 {
@@ -1519,8 +1586,11 @@ purge_step (McqStore *s)
   DB_TXN *txn = NULL;
   DBT k, v;
   guint8 idbuf[4], range[16], key[MSG_KEY_SIZE];
-  guint64 head, tail, n;
+  guint64 head, tail, n, start = log_end (s), budget;
   int ret;
+
+  space_look (s);
+  budget = space_tight (s) ? space_step (s) : PURGE_LOG_BYTES;
 
   if (txn_start (s, &txn) != 0)
     return;
@@ -1547,6 +1617,8 @@ purge_step (McqStore *s)
   for (n = 0; head < tail && n < PURGE_CHUNK; n++, head++)
     {
       DBT mk;
+      if (n > 0 && start != 0 && log_end (s) - start >= budget)
+        break;
       encode_msg_key (get_be32 (idbuf), head, key);
       dbt_init (&mk, key, sizeof key);
       ret = s->messages_db->del (s->messages_db, txn, &mk, 0);
@@ -1565,6 +1637,8 @@ purge_step (McqStore *s)
   cur->close (cur);
   if ((ret = txn->commit (txn, 0)) != 0)
     g_warning ("purging a deleted queue: %s", db_strerror (ret));
+  else if (start != 0)
+    add_log_debt (s, log_end (s) - start);
   return;
 
 abort_cursor:
@@ -1734,33 +1808,33 @@ op_in_segment (const McqOp *op)
  * The statvfs is skipped for up to SPACE_RECHECK_US while the debt our
  * own commits added since the last one is under a quarter of the room it
  * found (each byte of debt takes about two on disk: the log now, the
- * database at the next checkpoint).  A debt that went down means a
- * checkpoint wrote it out meanwhile, and under pressure there is no room:
- * both look again, as does every batch with sets near the reserve.  It
+ * database at the next checkpoint).  A checkpoint since the last look
+ * has written debt out, and under pressure there is no room: both look
+ * again, as does every batch with sets near the reserve.  It
  * had been one statvfs per batch: 0.03-0.06 per op. */
 #define SPACE_RECHECK_US (100 * 1000)
 static void
-refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
+space_look (McqStore *s)
 {
   guint64 avail, reserve;
-  guint i;
-
-  for (i = 0; i < n && batch[i]->type != MCQ_OP_SET; i++)
-    ;
-  if (i == n)
-    return;
   /* What sits in the cache and log but not yet in the database files will
    * take that much space again when the next checkpoint writes it out. */
   guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) +
                  __atomic_load_n (&s->ovfl_debt, __ATOMIC_RELAXED);
   gint64 now = g_get_monotonic_time ();
+
+  guint gen = __atomic_load_n (&s->ckp_gen, __ATOMIC_RELAXED);
+
   if (now - s->space_checked_at < SPACE_RECHECK_US && debt >= s->space_debt_at &&
-      debt - s->space_debt_at < s->space_slack / 4)
+      debt - s->space_debt_at < s->space_slack / 4 && gen == s->space_ckp_gen)
     return;
   if (!home_space (s, &avail, &reserve))
     return;
   s->space_checked_at = now;
+  s->space_ckp_gen = gen;
   s->space_debt_at = debt;
+  s->space_avail = avail;
+  s->space_reserve = reserve;
   s->space_slack = 0;
   if (avail >= reserve + debt)
     {
@@ -1769,7 +1843,23 @@ refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
       return;
     }
   g_atomic_int_set (&s->space_pressure, 1);
-  for (; i < n; i++)
+}
+
+static void
+refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
+{
+  guint i, writes = 0;
+
+  /* Batches without sets look too: after a restart on a full disk, gets
+   * alone must find the pressure to settle their log (see space_step). */
+  for (i = 0; i < n; i++)
+    writes += op_commits (batch[i]);
+  if (writes == 0)
+    return;
+  space_look (s);
+  if (!g_atomic_int_get (&s->space_pressure))
+    return;
+  for (i = 0; i < n; i++)
     if (batch[i]->type == MCQ_OP_SET)
       {
         batch[i]->status = MCQ_OP_FAILED;
@@ -1778,8 +1868,8 @@ refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
                      "%" G_GUINT64_FORMAT " KiB free in the home directory, below the %"
                      G_GUINT64_FORMAT " KiB kept for gets plus the %" G_GUINT64_FORMAT
                      " KiB that recent commits will still take on disk; new messages are "
-                     "refused until space is freed", avail / 1024, reserve / 1024,
-                     debt / 1024);
+                     "refused until space is freed", s->space_avail / 1024,
+                     s->space_reserve / 1024, s->space_debt_at / 1024);
       }
 }
 
@@ -1872,7 +1962,9 @@ run_batch (McqStore *s, McqOp **batch, guint n)
       if (op_in_segment (batch[i]))
         {
           guint j = i;
-          while (j < n && op_in_segment (batch[j]))
+          /* Short of space, one op per transaction, so that the log
+           * can be settled between them. */
+          while (j < n && op_in_segment (batch[j]) && (j == i || !space_tight (s)))
             j++;
           u_int32_t flags = j == last_commit ? DB_TXN_WRITE_NOSYNC : DB_TXN_NOSYNC;
           if (!run_segment (s, batch + i, j - i, flags))
@@ -1880,6 +1972,7 @@ run_batch (McqStore *s, McqOp **batch, guint n)
           else
             unwritten = flags != DB_TXN_WRITE_NOSYNC;
           i = j;
+          settle_if_pressed (s);
         }
       else
         {
@@ -1893,6 +1986,7 @@ run_batch (McqStore *s, McqOp **batch, guint n)
           else if (op_commits (batch[i]) && batch[i]->status == MCQ_OP_FAILED)
             unwritten = TRUE;
           i++;
+          settle_if_pressed (s);
         }
     }
 

@@ -149,10 +149,10 @@ def test_get_works_on_full_disk_and_frees_space(full_disk):
     # and, with the help of a checkpoint and db_archive if need be, frees room
     assert c.cmd(b"db_checkpoint\r\n") == b"OK\r\n"
     assert c.cmd(b"db_archive\r\n") == b"OK\r\n"
+    # sets work again, at the latest once messages.db, now mostly free
+    # pages, has been compacted (at most every 10 s)
     for i in range(20):
-        body = body_for(10000 + i)
-        assert c.cmd(b"set dfq %d 0 %d\r\n%s\r\n" % (i, len(body), body)) == b"STORED\r\n", \
-            "set %d after draining the full disk failed" % i
+        set_when_room(c, "dfq", body_for(10000 + i), flags=i)
     drain_all(c, [body_for(10000 + i) for i in range(20)])
 
 
@@ -307,3 +307,116 @@ def test_sets_work_again_after_a_full_disk_is_drained(tmp_path, make_daemon):
             assert c.get("sq") == b"after"
             assert c.get("sq") is None
         d.stop()
+
+
+def fill_past_refusals(c, queue, size, refusals=3, pause=1.0, limit=5000):
+    """Sets size-byte messages, numbered, until `refusals` refusals, pausing
+    after each as a retrying producer would (the checkpoints in between let
+    more in).  Returns the numbers stored, in order."""
+    stored, refused = [], 0
+    for i in range(limit):
+        body = (b"%08d" % i).ljust(size, b"z")
+        reply = c.cmd(b"set %s 0 0 %d\r\n%s\r\n" % (queue.encode(), size, body))
+        if reply == b"STORED\r\n":
+            stored.append(i)
+            continue
+        assert reply.startswith(b"SERVER_ERROR out of disk space"), reply
+        refused += 1
+        if refused == refusals:
+            return stored
+        time.sleep(pause)
+    raise AssertionError("%d sets of %d bytes never refused" % (limit, size))
+
+
+def set_when_room(c, queue, body, within=15, flags=0):
+    """A set after a drain: STORED once the drained space is given back
+    (compaction runs at most every 10 s), within `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        reply = c.cmd(b"set %s %d 0 %d\r\n%s\r\n" % (queue.encode(), flags, len(body), body))
+        if reply == b"STORED\r\n":
+            return
+        assert reply.startswith(b"SERVER_ERROR out of disk space"), reply
+        assert time.monotonic() < deadline, "sets still refused after the drain: %r" % reply
+        time.sleep(0.5)
+
+
+def free_kib(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize // 1024
+
+
+def numbers(bodies):
+    return [int(b[:8]) for b in bodies]
+
+
+@pytest.mark.parametrize("how", ["pipelined", "multi-get", "delete"])
+def test_big_messages_never_fill_a_full_disk_to_zero(tmp_path, make_daemon, how):
+    """1 MB messages fill a 24 MiB disk to the reserve.  Then 17 gets sent at
+    once, multi-gets naming 16 queues, or the delete of the queue used to write their
+    log (each removal logs the whole message) in one transaction: the disk
+    went to 0 bytes free, every later request failed with No space left on
+    device, and the environment could not be recovered at the next start.
+    Short of space the daemon now commits one request at a time and
+    checkpoints (removing old log files) every half log file."""
+    with mounted_tmpfs(tmp_path / "mnt", "24m",
+                       "needs root to mount a small tmpfs as the state directory") as mnt:
+        d = make_daemon([], home=mnt / "home")
+        with d.client(timeout=30) as c:
+            assert c.cmd(b"set keep 0 0 4\r\nkept\r\n") == b"STORED\r\n"
+            if how == "multi-get":
+                stored = []
+                for q in range(8):
+                    stored += [(q, i) for i in fill_past_refusals(c, "m%d" % q, 1_000_000, 1, 0.5)]
+            else:
+                stored = fill_past_refusals(c, "big", 1_000_000)
+            assert len(stored) >= 10
+            low = free_kib(mnt)
+            if how == "pipelined":
+                c.send(b"get big\r\n" * len(stored))
+                got = [v[2] for _ in stored for v in c.read_values()]
+                assert numbers(got) == stored
+            elif how == "multi-get":
+                got = []
+                for _ in range(len(stored) + 1):
+                    vals = c.get(*["m%d" % (q % 8) for q in range(16)])
+                    if not vals:
+                        break
+                    got += [(int(k[1:]), int(b[:8])) for k, _, b in vals]
+                assert sorted(got) == sorted(stored)
+            else:
+                assert c.cmd(b"delete big\r\n") == b"DELETED\r\n"
+                deadline = time.monotonic() + 10
+                while free_kib(mnt) < low and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            assert free_kib(mnt) > 1024, "%d KiB free (%d before)" % (free_kib(mnt), low)
+            assert c.get("keep") == b"kept"
+            set_when_room(c, "keep", b"again")
+        assert d.stop() == 0
+        d.start()
+        with d.client() as c:
+            assert c.get("keep") == b"again"
+
+
+def test_restart_on_a_full_disk_then_draining_it(tmp_path, make_daemon):
+    """Sets fill a 24 MiB disk to the reserve; the daemon restarts; a consumer
+    drains it one get at a time.  After the restart nothing told the gets
+    that space was short (only sets looked), so their log piled up to the
+    16 MiB checkpoint trigger, filled the disk, and the next start failed
+    (DB_RUNRECOVERY).  Every message must come back, and the disk must be
+    usable after."""
+    with mounted_tmpfs(tmp_path / "mnt", "24m",
+                       "needs root to mount a small tmpfs as the state directory") as mnt:
+        d = make_daemon([], home=mnt / "home")
+        with d.client(timeout=30) as c:
+            stored = fill_past_refusals(c, "rq", 10_000)
+        assert d.stop() == 0
+        d.start()
+        with d.client(timeout=30) as c:
+            got = c.drain("rq", len(stored))
+            assert numbers(got) == stored
+            set_when_room(c, "rq", b"after")
+        assert d.stop() == 0
+        d.start()
+        with d.client() as c:
+            assert c.get("rq") == b"after"
