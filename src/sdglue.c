@@ -43,9 +43,12 @@ mcq_sd_watchdog_start (void)
 
   if (sd_watchdog_enabled (0, &usec) <= 0 || usec == 0)
     return;
+  /* Half the timeout, in ms, clamped to what a GLib timeout takes: a
+   * WatchdogSec= of 100 days or more had wrapped to 0 and pinged every ms. */
+  guint ms = (guint) CLAMP (usec / 2 / 1000, (uint64_t) 1, (uint64_t) G_MAXUINT);
   watchdog_ping (NULL);
-  watchdog_source = g_timeout_add (MAX (1u, (guint) (usec / 2 / 1000)), watchdog_ping, NULL);
-  g_info (_("watchdog enabled: pinging every %u ms"), (guint) (usec / 2 / 1000));
+  watchdog_source = g_timeout_add (ms, watchdog_ping, NULL);
+  g_info (_("watchdog enabled: pinging every %u ms"), ms);
 }
 
 void

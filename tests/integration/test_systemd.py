@@ -97,6 +97,21 @@ def test_sd_notify_ready_watchdog_stopping(mcq_bin, tmp_path, notify_socket, wat
         d.kill9()
 
 
+def test_huge_watchdog_timeout_does_not_ping_storm(mcq_bin, tmp_path, notify_socket):
+    """WatchdogSec= of 100 days: half of it in ms does not fit 32 bits, and
+    it had wrapped to a ping every millisecond (901 in a second)."""
+    env = {"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "8589934592000"}
+    d = Daemon(mcq_bin, tmp_path / "home", args=["-N"], env=env, logdir=tmp_path)
+    d.start(wait=False)
+    try:
+        assert notify_socket.wait_for("READY", "1", timeout=10) is not None, d.stderr()
+        pings = [f for f in notify_socket.collect(1.0) if ("WATCHDOG", "1") in f]
+        assert len(pings) <= 1, "%d WATCHDOG=1 in 1 s" % len(pings)
+        assert d.stop() == 0
+    finally:
+        d.kill9()
+
+
 def test_no_watchdog_pings_for_other_pid(mcq_bin, tmp_path, notify_socket):
     # WATCHDOG_PID names another process: the watchdog is not meant for this daemon
     env = {"NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "200000",
