@@ -42,6 +42,12 @@ def test_port_out_of_range(mcq_bin, tmp_path):
     _bad(mcq_bin, tmp_path, ["-p", "70000"], r"-p\b|port")
 
 
+def test_cache_larger_than_memory(mcq_bin, tmp_path):
+    # accepted by the range check (up to 1048576), but Berkeley DB cannot
+    # allocate it: it used to fail later with a panic asking for recovery
+    _bad(mcq_bin, tmp_path, ["-m", "1048576"], r"-m/--cache-size: 1048576 MiB .*memory")
+
+
 def test_udp_not_supported(mcq_bin, tmp_path):
     _bad(mcq_bin, tmp_path, ["-U", "5"], r"UDP")
 
