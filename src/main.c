@@ -81,13 +81,22 @@ on_status_tick (gpointer data)
 }
 
 static gboolean
-drop_privileges (const char *user, GError **error)
+drop_privileges (const char *user, const char *unix_path, GError **error)
 {
   struct passwd *pw = getpwnam (user);
 
   if (pw == NULL)
     {
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND, _("-u/--user: no such user “%s”"), user);
+      return FALSE;
+    }
+  /* The unix socket, made as root, goes to the user, or the user could
+   * not connect to it (mode 0700 by default) nor remove it at exit. */
+  if (unix_path != NULL && chown (unix_path, pw->pw_uid, pw->pw_gid) != 0)
+    {
+      g_set_error (error, G_IO_ERROR, g_io_error_from_errno (errno),
+                   _("-u/--user: cannot give the socket %s to “%s”: %s"), unix_path, user,
+                   g_strerror (errno));
       return FALSE;
     }
   if (initgroups (pw->pw_name, pw->pw_gid) != 0 || setgid (pw->pw_gid) != 0 ||
@@ -316,7 +325,7 @@ main (int argc, char **argv)
     {
       if (opts.user != NULL)
         {
-          if (!drop_privileges (opts.user, &error))
+          if (!drop_privileges (opts.user, activated > 0 ? NULL : opts.unix_path, &error))
             return fail (error->message);
         }
       else

@@ -167,3 +167,40 @@ def test_max_connections(make_daemon):
     a.close()
     admitted_client(d, "slot not freed after a client left").close()
     b.close()
+
+
+def test_unix_socket_belongs_to_the_user_of_u(mcq_bin):
+    """-u USER -s PATH: the socket, made while still root, must go to USER,
+    who could neither connect to it (mode 0700) nor remove it at exit."""
+    import os
+    import pwd
+    import shutil
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to another user")
+    nobody = pwd.getpwnam("nobody")
+    top = tempfile.mkdtemp(prefix="mcq-u-")
+    try:
+        os.chmod(top, 0o1777)                  # like /tmp: sticky, anyone may create
+        sock = os.path.join(top, "mcq.sock")
+        proc = subprocess.Popen([str(mcq_bin), "-u", "nobody", "-H", os.path.join(top, "home"),
+                                 "-p", "0", "-s", sock, "-N", "--dbus=none"],
+                                stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(sock) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            st = os.stat(sock)
+            assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+            probe = ("import socket; s = socket.socket(socket.AF_UNIX); s.settimeout(10); "
+                     "s.connect(%r); s.sendall(b'version\\r\\n'); print(s.recv(100))" % sock)
+            r = subprocess.run(["/usr/bin/python3", "-c", probe], user=nobody.pw_uid,
+                               group=nobody.pw_gid, extra_groups=[], capture_output=True,
+                               timeout=15)
+            assert b"VERSION" in r.stdout, r.stderr
+        finally:
+            proc.terminate()
+            assert proc.wait(15) == 0, proc.stderr.read()
+        assert not os.path.exists(sock), "the socket was left behind at exit"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
