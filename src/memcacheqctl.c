@@ -106,6 +106,28 @@ call (Ctl *c, const char *path, const char *iface, const char *method, GVariant 
                                       error);
 }
 
+typedef struct {
+  GMainLoop *loop;
+  GDBusConnection *conn;
+  GError *error;
+} Connecting;
+
+static void
+connected (GObject *source, GAsyncResult *result, gpointer data)
+{
+  Connecting *k = data;
+
+  k->conn = g_dbus_connection_new_for_address_finish (result, &k->error);
+  g_main_loop_quit (k->loop);
+}
+
+static gboolean
+give_up (gpointer data)
+{
+  g_cancellable_cancel (data);
+  return G_SOURCE_REMOVE;
+}
+
 static int
 connect_bus (Ctl *c, const char *bus)
 {
@@ -132,13 +154,34 @@ connect_bus (Ctl *c, const char *bus)
                               "D-Bus address such as unix:path=/run/dbus/system_bus_socket"), bus);
   if (address == NULL)
     return fail (EXIT_UNREACHABLE, _("cannot find the %s bus: %s"), c->bus_label, error->message);
-  c->conn = g_dbus_connection_new_for_address_sync (address,
-                                                    G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
-                                                    G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
-                                                    NULL, NULL, &error);
+  /* Asynchronously, with a deadline: a bus that accepts the connection
+   * but never answers (a stopped dbus-daemon) held the synchronous call
+   * forever, where the help promises exit 2. */
+  g_autoptr(GCancellable) cancel = g_cancellable_new ();
+  Connecting k = { .loop = g_main_loop_new (NULL, FALSE) };
+  guint timer = g_timeout_add (CALL_TIMEOUT_MS, give_up, cancel);
+  g_dbus_connection_new_for_address (address,
+                                     G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                                     G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION,
+                                     NULL, cancel, connected, &k);
+  g_main_loop_run (k.loop);
+  g_main_loop_unref (k.loop);
+  if (!g_cancellable_is_cancelled (cancel))
+    g_source_remove (timer);
+  c->conn = k.conn;
+  if (c->conn == NULL && g_error_matches (k.error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+    {
+      g_clear_error (&k.error);
+      return fail (EXIT_UNREACHABLE, _("the %s bus does not answer (waited %d s)"), c->bus_label,
+                   CALL_TIMEOUT_MS / 1000);
+    }
   if (c->conn == NULL)
-    return fail (EXIT_UNREACHABLE, _("cannot connect to the %s bus: %s"), c->bus_label,
-                 error->message);
+    {
+      int rc = fail (EXIT_UNREACHABLE, _("cannot connect to the %s bus: %s"), c->bus_label,
+                     k.error->message);
+      g_clear_error (&k.error);
+      return rc;
+    }
   return EXIT_OK;
 }
 

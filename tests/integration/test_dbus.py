@@ -13,6 +13,7 @@ memcacheqctl is taken from $MEMCACHEQCTL_BIN, else next to the memcacheq binary.
 import json
 import math
 import os
+import socket
 import re
 import select
 import shutil
@@ -819,6 +820,23 @@ def test_ctl_unreachable(bus, ctl_bin, tmp_path):
         res = bus.ctl(*cmd)
         assert res.returncode == EXIT_UNREACHABLE, (cmd, res.returncode, res.stderr)
         assert b"memcacheq is not running on the" in res.stderr
+
+
+def test_ctl_gives_up_on_a_bus_that_never_answers(ctl_bin, tmp_path):
+    """A bus socket that accepts and then says nothing (a stopped
+    dbus-daemon): memcacheqctl hung forever; it must exit 2 after its 10 s."""
+    path = str(tmp_path / "silent.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(4)
+    try:
+        t0 = time.monotonic()
+        res = run([str(ctl_bin), "--bus=unix:path=%s" % path, "status"], timeout=30)
+        assert res.returncode == EXIT_UNREACHABLE, res
+        assert b"does not answer" in res.stderr, res.stderr
+        assert time.monotonic() - t0 < 20
+    finally:
+        server.close()
 
 
 def test_ctl_system_bus_from_environment(bus, bus_daemon, ctl_bin):
