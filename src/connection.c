@@ -91,6 +91,8 @@ struct _Slot {
   gboolean park;                /* get refused room before taking anything: runs
                                    again once the client has read (see slot_room) */
   gboolean parked;              /* ... and its store op has finished */
+  guint cmds, hits;             /* for the stats counters, added when the reply
+                                   leaves its turn (conn_release_replies) */
 };
 
 static void conn_update (McqConnection *c);
@@ -361,7 +363,22 @@ conn_release_replies (McqConnection *c)
 
   while ((s = g_queue_peek_head (&c->slots)) != NULL && !s->pending)
     {
+      McqCounters *k = &c->server->counters;
+
       g_queue_pop_head_link (&c->slots);
+      /* Counted in request order, so that a "stats" (or "stats reset")
+       * sees exactly the requests sent before it on its connection, and
+       * hits never outnumber commands. */
+      if (s->cmd == MCQ_CMD_SET)
+        {
+          k->set_cmds += s->cmds;
+          k->set_hits += s->hits;
+        }
+      else if (s->cmd == MCQ_CMD_GET)
+        {
+          k->get_cmds += s->cmds;
+          k->get_hits += s->hits;
+        }
       /* "stats" and "stats reset" act when their turn comes, so that they
        * see the effect of every request sent before them. */
       if (s->cmd == MCQ_CMD_STATS)
@@ -422,7 +439,6 @@ reply_failure (Slot *s)
 static void
 format_values (Slot *s)
 {
-  McqServer *srv = s->conn->server;
   GByteArray *out = slot_reply (s);
   size_t pos = 0;
   const char *name;
@@ -432,7 +448,7 @@ format_values (Slot *s)
       McqMessage *m = &g_array_index (s->op.messages, McqMessage, i);
       if (m->data == NULL)
         continue;
-      srv->counters.get_hits++;
+      s->hits++;
       out_value_header (out, name, m->flags, m->len, s->with_cas, m->seq);
       out_append (out, m->data, m->len);
       out_append (out, "\r\n", 2);
@@ -539,7 +555,7 @@ slot_done (McqOp *op)
         g_assert_not_reached ();
       }
   if (op->status == MCQ_OP_OK && s->cmd == MCQ_CMD_SET)
-    c->server->counters.set_hits++;
+    s->hits = 1;
   /* Drop the messages now rather than when the slot leaves, and do not
    * keep a large body or value buffer around for reuse. */
   if (op->body != NULL && op->body->len > SLOT_BODY_KEEP)
@@ -571,6 +587,7 @@ slot_new (McqConnection *c, McqCommand cmd)
       slot_cache_len--;
       s->next_free = NULL;
       s->pending = s->noreply = s->with_cas = s->park = s->parked = FALSE;
+      s->cmds = s->hits = 0;
     }
   else
     s = g_new0 (Slot, 1);
@@ -637,14 +654,13 @@ immediate (McqConnection *c, const char *text)
 static void
 handle_request (McqConnection *c, const McqRequest *req)
 {
-  McqServer *srv = c->server;
   Slot *s;
 
   switch (req->cmd)
     {
     case MCQ_CMD_SET:
-      srv->counters.set_cmds++;
       s = slot_new (c, req->cmd);
+      s->cmds = 1;
       s->noreply = req->noreply;
       mcq_op_add_key (&s->op, req->key.ptr, req->key.len);
       mcq_op_set_body (&s->op, req->flags, req->body.ptr, req->body.len);
@@ -656,8 +672,8 @@ handle_request (McqConnection *c, const McqRequest *req)
         size_t pos = 0;
         McqSpan k;
 
-        srv->counters.get_cmds += req->nkeys;
         s = slot_new (c, req->cmd);
+        s->cmds = req->nkeys;
         s->with_cas = req->with_cas;
         while (mcq_request_next_key (req, &pos, &k))
           mcq_op_add_key (&s->op, k.ptr, k.len);

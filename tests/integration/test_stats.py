@@ -83,6 +83,36 @@ def test_stats_reset(daemon):
         assert int(c.stats()["get_hits"]) == 1
 
 
+def _stats_block(c):
+    out = {}
+    while True:
+        line = c.read_line()
+        if line == b"END\r\n":
+            return out
+        _, name, value = line.decode().split(" ", 2)
+        out[name] = value.strip()
+
+
+def test_stats_in_a_pipeline_count_only_what_came_before(daemon):
+    """Counters followed parse time, so a pipelined "stats" counted requests
+    sent after it, and "stats reset" followed by a set and a get left
+    set_hits and get_hits above set_cmds and get_cmds."""
+    with daemon.client() as c:
+        assert c.cmd(b"stats reset\r\n") == b"RESET\r\n"
+        c.send(b"stats\r\nget pa\r\nget pb\r\nset pq 0 0 1\r\nx\r\n")
+        first = _stats_block(c)
+        assert c.read_line() == b"END\r\n" and c.read_line() == b"END\r\n"
+        assert c.read_line() == b"STORED\r\n"
+        assert (first["get_cmds"], first["set_cmds"]) == ("0", "0"), first
+        c.send(b"stats reset\r\nset pq 0 0 1\r\ny\r\nget pq\r\nstats\r\n")
+        assert c.read_line() == b"RESET\r\n"
+        assert c.read_line() == b"STORED\r\n"
+        assert c.read_values() == [("pq", 0, b"x")]
+        after = _stats_block(c)
+        assert (after["set_cmds"], after["set_hits"]) == ("1", "1"), after
+        assert (after["get_cmds"], after["get_hits"]) == ("1", "1"), after
+
+
 def test_stats_queue_sorted_by_name(daemon):
     with daemon.client() as c:
         for q in (b"qb", b"qa", b"qc", b"Z", b"q-a"):
