@@ -1137,9 +1137,9 @@ refused_check (gpointer data)
 }
 
 /* Clients send their first request as soon as they connect.  Closed with
- * that request unread, the socket answered with a reset, and the client
- * lost the reply before reading it (12 of 20 refusals seen as a bare
- * ECONNRESET).  So the reply is followed by an end of stream, and the
+ * that request unread, the socket answered with a reset (4 to 12 of 20
+ * such clients saw ECONNRESET, some before they had read the reply).  So
+ * the reply is followed by an end of stream, and the
  * socket lingers, its input dropped, until the client closes or
  * REFUSED_LINGER_MS pass.  Past REFUSED_MAX lingering at once (a flood of
  * connections, which -c is there to withstand), they are closed at once. */
