@@ -105,6 +105,56 @@ def test_kill9_durable_then_more_work(make_daemon):
     assert d.stop() == 0
 
 
+def _fill_numbered(d, queue, n, size):
+    """n messages of size bytes on queue, each its 8-digit number repeated."""
+    with d.client() as c:
+        for i in range(0, n, 20):
+            c.send(b"".join(b"set %s 0 0 %d noreply\r\n%s\r\n" % (queue, size, b"%08d" % j * (size // 8))
+                            for j in range(i, i + 20)))
+        assert c.cmd(b"version\r\n").startswith(b"VERSION")
+
+
+def _take_replies(buf, size, got):
+    """Consumes the complete get replies at the start of buf, appending each
+    message's number to got (and checking its body).  Returns what is left of
+    buf and how many replies (VALUE or a bare END) it consumed."""
+    replies = 0
+    while True:
+        if buf.startswith(b"END\r\n"):
+            buf = buf[5:]
+            replies += 1
+            continue
+        e = buf.find(b"\r\n")
+        if not buf.startswith(b"VALUE") or e < 0:
+            return buf, replies
+        length = int(buf[:e].split()[3])
+        if len(buf) < e + 2 + length + 7:
+            return buf, replies
+        body = buf[e + 2:e + 2 + length]
+        assert body == body[:8] * (size // 8)
+        got.append(int(body[:8]))
+        buf = buf[e + 2 + length + 7:]
+        replies += 1
+
+
+def _stop_while_consuming(d, consume, after, queue, n, got, outcome):
+    """SIGTERM `after` seconds into consume(); the consumer must then see a
+    clean end of stream, and after a restart every message must be either
+    received or still queued, in order, exactly once."""
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(after)
+    assert d.stop() == 0, d.stderr()
+    t.join(30)
+    assert outcome == ["eof"]
+    assert 0 < len(got) < n
+    d.start()
+    with d.client() as c:
+        rest = c.drain(queue.decode(), n)
+    assert got + [int(b[:8]) for b in rest] == list(range(n)), \
+        "received %d, %d still queued, of %d" % (len(got), len(rest), n)
+
+
 def test_shutdown_takes_nothing_a_slow_pipelining_consumer_cannot_read(make_daemon):
     """A consumer sends 1000 gets of 100 KB messages at once and reads about
     4 MB/s, so at SIGTERM the daemon could go on taking messages for it for
@@ -115,12 +165,7 @@ def test_shutdown_takes_nothing_a_slow_pipelining_consumer_cannot_read(make_daem
     unsent at the deadline)."""
     d = make_daemon(["-N"])
     n, size = 1000, 100_000
-    with d.client() as c:
-        for i in range(0, n, 20):
-            c.send(b"".join(b"set deep 0 0 %d noreply\r\n%s\r\n" % (size, b"%08d" % j * (size // 8))
-                            for j in range(i, i + 20)))
-        assert c.cmd(b"version\r\n").startswith(b"VERSION")
-
+    _fill_numbered(d, b"deep", n, size)
     got, outcome = [], []
 
     def consume():
@@ -129,20 +174,7 @@ def test_shutdown_takes_nothing_a_slow_pipelining_consumer_cannot_read(make_daem
         try:
             c.send(b"get deep\r\n" * n)
             while True:
-                while True:
-                    if buf.startswith(b"END\r\n"):
-                        buf = buf[5:]
-                        continue
-                    e = buf.find(b"\r\n")
-                    if not buf.startswith(b"VALUE") or e < 0:
-                        break
-                    length = int(buf[:e].split()[3])
-                    if len(buf) < e + 2 + length + 7:
-                        break
-                    body = buf[e + 2:e + 2 + length]
-                    assert body == body[:8] * (size // 8)
-                    got.append(int(body[:8]))
-                    buf = buf[e + 2 + length + 7:]
+                buf, _ = _take_replies(buf, size, got)
                 data = c.sock.recv(65536)
                 if not data:
                     outcome.append("eof")
@@ -157,18 +189,7 @@ def test_shutdown_takes_nothing_a_slow_pipelining_consumer_cannot_read(make_daem
         finally:
             c.close()
 
-    t = threading.Thread(target=consume)
-    t.start()
-    time.sleep(1.0)
-    assert d.stop() == 0, d.stderr()
-    t.join(30)
-    assert outcome == ["eof"]
-    assert 0 < len(got) < n
-    d.start()
-    with d.client() as c:
-        rest = c.drain("deep", n)
-    assert got + [int(b[:8]) for b in rest] == list(range(n)), \
-        "received %d, %d still queued, of %d" % (len(got), len(rest), n)
+    _stop_while_consuming(d, consume, 1.0, b"deep", n, got, outcome)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -181,12 +202,7 @@ def test_shutdown_never_resets_a_pipelining_consumer(make_daemon, mode):
     either received whole or still queued, exactly once."""
     d = make_daemon(MODES[mode])
     n, size = 400, 100_000
-    with d.client() as c:
-        for i in range(0, n, 20):
-            c.send(b"".join(b"set big 0 0 %d noreply\r\n%s\r\n" % (size, b"%08d" % j * (size // 8))
-                            for j in range(i, i + 20)))
-        assert c.cmd(b"version\r\n").startswith(b"VERSION")
-
+    _fill_numbered(d, b"big", n, size)
     got, outcome = [], []
 
     def consume():
@@ -195,22 +211,9 @@ def test_shutdown_never_resets_a_pipelining_consumer(make_daemon, mode):
         try:
             c.send(b"get big\r\nget big\r\n")
             while True:
-                while True:
-                    if buf.startswith(b"END\r\n"):
-                        buf = buf[5:]
-                        c.send(b"get big\r\n")
-                        continue
-                    e = buf.find(b"\r\n")
-                    if not buf.startswith(b"VALUE") or e < 0:
-                        break
-                    length = int(buf[:e].split()[3])
-                    if len(buf) < e + 2 + length + 7:
-                        break
-                    body = buf[e + 2:e + 2 + length]
-                    assert body == body[:8] * (size // 8)
-                    got.append(int(body[:8]))
-                    buf = buf[e + 2 + length + 7:]
-                    c.send(b"get big\r\n")
+                buf, replies = _take_replies(buf, size, got)
+                if replies:
+                    c.send(b"get big\r\n" * replies)   # two stay in flight
                 data = c.sock.recv(4096)
                 if not data:
                     outcome.append("eof")
@@ -222,20 +225,4 @@ def test_shutdown_never_resets_a_pipelining_consumer(make_daemon, mode):
         finally:
             c.close()
 
-    t = threading.Thread(target=consume)
-    t.start()
-    time.sleep(0.3)
-    assert d.stop() == 0, d.stderr()
-    t.join(30)
-    assert outcome == ["eof"]
-    assert 0 < len(got) < n
-    d.start()
-    with d.client() as c:
-        rest = []
-        while True:
-            c.send(b"get big\r\n")
-            reply = c.read_until(b"END\r\n")
-            if reply == b"END\r\n":
-                break
-            rest.append(int(reply.split(b"\r\n")[1][:8]))
-    assert got + rest == list(range(n))
+    _stop_while_consuming(d, consume, 0.3, b"big", n, got, outcome)
