@@ -211,13 +211,23 @@ all_acknowledged (int fd)
   return ioctl (fd, SIOCOUTQ, &unacked) == 0 && unacked == 0;
 }
 
+/* Whether a socket whose sending side is shut may be closed now: its peer
+ * has closed (or the socket failed), `until` has passed, or, if
+ * acked_is_enough, the peer has acknowledged every byte sent.  Input is
+ * dropped first, so a close leaves none unread. */
+static gboolean
+linger_over (int fd, gint64 until, gboolean acked_is_enough)
+{
+  return !discard_input (fd) || (acked_is_enough && all_acknowledged (fd)) ||
+         g_get_monotonic_time () >= until;
+}
+
 static gboolean
 linger_check (gpointer data)
 {
   McqConnection *c = data;
 
-  /* Input is dropped first, so a close below leaves none unread. */
-  if (discard_input (c->fd) && !all_acknowledged (c->fd) && g_get_monotonic_time () < c->linger_until)
+  if (!linger_over (c->fd, c->linger_until, TRUE))
     return G_SOURCE_CONTINUE;
   c->linger_timer = 0;
   conn_close (c);
@@ -1128,7 +1138,9 @@ refused_check (gpointer data)
 {
   Refused *r = data;
 
-  if (discard_input (r->fd) && g_get_monotonic_time () < r->until)
+  /* Not closed at the acknowledgement: the client's request may still be
+   * on its way, and would be answered with a reset. */
+  if (!linger_over (r->fd, r->until, FALSE))
     return G_SOURCE_CONTINUE;
   close (r->fd);
   refused_open--;

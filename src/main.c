@@ -258,12 +258,13 @@ main (int argc, char **argv)
    * larger than the machine's memory failed there with a panic that asked
    * for database recovery and did not name the option. */
   long pages = sysconf (_SC_PHYS_PAGES), page_size = sysconf (_SC_PAGESIZE);
-  if (pages > 0 && page_size > 0 && opts.cache_mb > (guint64) pages * (guint64) page_size / (1024 * 1024))
+  unsigned long long memory_mb = pages > 0 && page_size > 0
+    ? (unsigned long long) pages * (unsigned long long) page_size / (1024 * 1024) : 0;
+  if (memory_mb > 0 && opts.cache_mb > memory_mb)
     {
       g_autofree char *msg =
         g_strdup_printf (_("-m/--cache-size: %llu MiB is more than this machine's memory (%llu MiB)"),
-                         (unsigned long long) opts.cache_mb,
-                         (unsigned long long) pages * (unsigned long long) page_size / (1024 * 1024));
+                         (unsigned long long) opts.cache_mb, memory_mb);
       return fail (msg);
     }
 

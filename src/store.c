@@ -1508,14 +1508,23 @@ settle (McqStore *s, gboolean remove_logs, GError **error)
   return ok;
 }
 
+/* Short of space: a checkpoint with log removal once at least min_debt
+ * bytes of log have been committed since the last one.  A failure is only
+ * logged: the requests go on, on what space is left. */
 static void
-settle_if_pressed (McqStore *s)
+settle_if_owed (McqStore *s, guint64 min_debt)
 {
   g_autoptr(GError) err = NULL;
 
-  if (space_tight (s) && __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) >= space_step (s) &&
-      !settle (s, TRUE, &err))
+  if (__atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) >= min_debt && !settle (s, TRUE, &err))
     g_debug ("checkpoint under space pressure: %s", err->message);
+}
+
+static void
+settle_if_pressed (McqStore *s)
+{
+  if (space_tight (s))
+    settle_if_owed (s, space_step (s));
 }
 
 /* Where the log ends (bytes since the first log file), including what is
@@ -1822,7 +1831,6 @@ space_look (McqStore *s)
   guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) +
                  __atomic_load_n (&s->ovfl_debt, __ATOMIC_RELAXED);
   gint64 now = g_get_monotonic_time ();
-
   guint gen = __atomic_load_n (&s->ckp_gen, __ATOMIC_RELAXED);
 
   if (now - s->space_checked_at < SPACE_RECHECK_US && debt >= s->space_debt_at &&
@@ -1848,13 +1856,13 @@ space_look (McqStore *s)
 static void
 refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
 {
-  guint i, writes = 0;
+  guint i;
 
   /* Batches without sets look too: after a restart on a full disk, gets
    * alone must find the pressure to settle their log (see space_step). */
-  for (i = 0; i < n; i++)
-    writes += op_commits (batch[i]);
-  if (writes == 0)
+  for (i = 0; i < n && !op_commits (batch[i]); i++)
+    ;
+  if (i == n)
     return;
   space_look (s);
   if (!g_atomic_int_get (&s->space_pressure))
@@ -1942,13 +1950,8 @@ run_batch (McqStore *s, McqOp **batch, guint n)
    * and log removal: that is what turns consumed messages back into
    * free space, and it keeps the gets that drain a full disk from
    * filling it with their own log records. */
-  if (last_commit > 0 && g_atomic_int_get (&s->space_pressure) &&
-      __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) > 0)
-    {
-      g_autoptr(GError) err = NULL;
-      if (!settle (s, TRUE, &err))
-        g_debug ("checkpoint under space pressure: %s", err->message);
-    }
+  if (last_commit > 0 && g_atomic_int_get (&s->space_pressure))
+    settle_if_owed (s, 1);
   if (g_atomic_int_get (&s->space_pressure))
     compact_if_mostly_free (s);
   refuse_sets_if_disk_low (s, batch, n);
