@@ -16,12 +16,15 @@
 /* Enough tokens for every fixed-form command; GET keys are walked lazily. */
 #define MAX_TOKENS 8
 
+/* The value decides, not the digit count: leading zeros are accepted in
+ * any number, as memcached's strtoul accepts them, and only a value past
+ * 2^64 - 1 overflows. */
 gboolean
 mcq_parse_u64 (const char *s, size_t len, guint64 *out)
 {
   guint64 v = 0;
 
-  if (len == 0 || len > 20)
+  if (len == 0)
     return FALSE;
   for (size_t i = 0; i < len; i++)
     {
@@ -84,6 +87,14 @@ span_is (McqSpan s, const char *word)
 {
   size_t n = strlen (word);
   return s.len == n && memcmp (s.ptr, word, n) == 0;
+}
+
+/* A number whose value is 0, however many digits it is written with. */
+static gboolean
+span_is_zero (McqSpan s)
+{
+  guint64 v;
+  return mcq_parse_u64 (s.ptr, s.len, &v) && v == 0;
 }
 
 /* Splits a line on runs of spaces.  Returns the number of tokens found (at
@@ -268,10 +279,12 @@ mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *re
 
   memset (req, 0, sizeof *req);
 
-  nl = memchr (buf, '\n', MIN (len, (size_t) MCQ_LINE_MAX + 1));
+  /* The limit is on the line's content, whichever its terminator: a
+   * line of MCQ_LINE_MAX bytes ends at most MCQ_LINE_MAX + 2 bytes in. */
+  nl = memchr (buf, '\n', MIN (len, (size_t) MCQ_LINE_MAX + 2));
   if (nl == NULL)
     {
-      if (len > MCQ_LINE_MAX)
+      if (len > MCQ_LINE_MAX + 1 || (len == MCQ_LINE_MAX + 1 && buf[MCQ_LINE_MAX] != '\r'))
         return result (MCQ_PARSE_FATAL, len, ERR_LINE);
       return result (MCQ_PARSE_NEED_MORE, 0, NULL);
     }
@@ -279,6 +292,8 @@ mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *re
   line_len = line_end - 1;
   if (line_len > 0 && buf[line_len - 1] == '\r')
     line_len--;
+  if (line_len > MCQ_LINE_MAX)
+    return result (MCQ_PARSE_FATAL, len, ERR_LINE);
 
   ntok = tokenize (buf, line_len, tok, MAX_TOKENS, &rest);
   if (ntok == 0)
@@ -305,7 +320,7 @@ mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *re
         {
           if (span_is (tok[i], "noreply") && i == ntok - 1)
             noreply = TRUE;
-          else if (!(i == 2 && span_is (tok[i], "0")))
+          else if (!(i == 2 && span_is_zero (tok[i])))
             return line_error (line_end, ERR_FORMAT, tok, ntok, &rest);
         }
       const char *err = mcq_check_key (tok[1].ptr, tok[1].len);
