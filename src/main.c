@@ -1,6 +1,6 @@
 /* main.c — memcacheq's entry point: options → home → sockets → privileges →
- * store → main loop, and the orderly shutdown on SIGTERM/SIGINT.  Everything
- * it wires together lives in its own module. */
+ * store → main loop, the signals, and the orderly shutdown on SIGTERM,
+ * SIGINT or SIGUSR1.  Everything it wires together lives in its own module. */
 #include <errno.h>
 #include <fcntl.h>
 #include <gio/gio.h>
@@ -39,11 +39,21 @@ static const char license_text[] =
   "the authors may not be used to endorse derived products.  This software is\n"
   "provided \"as is\", without any warranty.\n";
 
+typedef struct Daemon Daemon;
+
+/* A signal that shuts the daemon down, with its name for the log. */
 typedef struct {
+  Daemon *daemon;
+  int signo;
+  const char *name;
+} StopSignal;
+
+struct Daemon {
   GMainLoop *loop;
   McqServer *server;
-  int signal_received;
-} Daemon;
+  const char *stopped_by;       /* the first stop signal's name, NULL until one came */
+  StopSignal stop_signals[3];
+};
 
 static int
 fail (const char *message)
@@ -55,10 +65,44 @@ fail (const char *message)
 static gboolean
 on_stop_signal (gpointer data)
 {
-  Daemon *d = data;
-  d->signal_received = 1;
-  g_main_loop_quit (d->loop);
+  StopSignal *s = data;
+
+  if (s->daemon->stopped_by == NULL)
+    s->daemon->stopped_by = s->name;
+  g_main_loop_quit (s->daemon->loop);
   return G_SOURCE_CONTINUE;
+}
+
+/* SIGTERM and SIGINT, and SIGUSR1 as in memcached, shut down cleanly
+ * (see drain); signals repeated meanwhile change nothing. */
+static void
+watch_stop_signals (Daemon *d)
+{
+  static const struct { int signo; const char *name; } stop[] = {
+    { SIGTERM, "SIGTERM" }, { SIGINT, "SIGINT" }, { SIGUSR1, "SIGUSR1" },
+  };
+
+  G_STATIC_ASSERT (G_N_ELEMENTS (stop) == G_N_ELEMENTS (d->stop_signals));
+  for (guint i = 0; i < G_N_ELEMENTS (stop); i++)
+    {
+      d->stop_signals[i] = (StopSignal) { d, stop[i].signo, stop[i].name };
+      g_unix_signal_add (stop[i].signo, on_stop_signal, &d->stop_signals[i]);
+    }
+}
+
+/* Signals that mean nothing to memcacheq are ignored, from the start, so
+ * that none of them ends the daemon without its drain: SIGHUP (nothing to
+ * reload), SIGPIPE (a client that went away is just disconnected), SIGUSR2
+ * and SIGALRM. */
+static void
+ignore_meaningless_signals (void)
+{
+  static const int ignored[] = { SIGHUP, SIGPIPE, SIGUSR2, SIGALRM };
+  struct sigaction sa = { .sa_handler = SIG_IGN };
+
+  sigemptyset (&sa.sa_mask);
+  for (guint i = 0; i < G_N_ELEMENTS (ignored); i++)
+    sigaction (ignored[i], &sa, NULL);
 }
 
 static char *
@@ -240,6 +284,7 @@ main (int argc, char **argv)
   int activated, notify_fd = -1;
 
   mcq_i18n_init ();
+  ignore_meaningless_signals ();
   mcq_options_init (&opts);
   if (!mcq_options_parse (&opts, &argc, &argv, &error) || !mcq_options_check (&opts, &error))
     return fail (error->message);
@@ -385,10 +430,7 @@ main (int argc, char **argv)
 
   d.loop = g_main_loop_new (NULL, FALSE);
   d.server = &server;
-  g_unix_signal_add (SIGTERM, on_stop_signal, &d);
-  g_unix_signal_add (SIGINT, on_stop_signal, &d);
-  signal (SIGPIPE, SIG_IGN);
-  signal (SIGHUP, SIG_IGN);
+  watch_stop_signals (&d);
 
   mcq_listener_start (listener, &server);
   /* Connects in the background; the bus is never a reason not to serve. */
@@ -407,7 +449,8 @@ main (int argc, char **argv)
   g_main_loop_run (d.loop);
 
   mcq_sd_stopping ();
-  g_message (_("shutting down: finishing in-flight requests"));
+  /* TRANSLATORS: the signal's name, e.g. SIGTERM. */
+  g_message (_("%s received, shutting down: finishing in-flight requests"), d.stopped_by);
   g_source_remove (status_source);
   g_clear_pointer (&dbus, mcq_dbus_stop);
   g_clear_pointer (&listener, mcq_listener_free);

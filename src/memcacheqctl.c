@@ -24,6 +24,7 @@ enum {
   EXIT_UNREACHABLE = 2,         /* no bus, or no memcacheq on it */
   EXIT_NO_QUEUE = 3,
   EXIT_DENIED = 4,              /* the bus policy refused the call */
+  EXIT_MAY_STILL_HAPPEN = 5,    /* an action was sent, its answer did not come */
 };
 
 typedef struct {
@@ -94,6 +95,43 @@ call_failed (Ctl *c, GError *error, const char *queue)
     return fail (EXIT_DENIED, _("permission denied: %s (on the system bus only root may "
                                 "delete queues and checkpoint)"), error->message);
   return fail (EXIT_FAIL, "%s", error->message);
+}
+
+/* Whether a failed call may have reached the daemon all the same and be
+ * carried out later: no answer in time (a stopped or overloaded daemon
+ * acts on the request once it runs again), or the connection lost while
+ * waiting.  Calls that never left, or were refused, do not count. */
+static gboolean
+outcome_unknown (GError *error)
+{
+  g_autofree char *remote = g_dbus_error_get_remote_error (error);
+
+  return g_strcmp0 (remote, "org.freedesktop.DBus.Error.NoReply") == 0 ||
+         g_error_matches (error, G_IO_ERROR, G_IO_ERROR_TIMED_OUT) ||
+         g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED);
+}
+
+/* s as one word for a shell: as it is when that is safe, else quoted. */
+static char *
+shell_word (const char *s)
+{
+  if (*s != '\0' && strspn (s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                             "0123456789_-.,:/=@%+") == strlen (s))
+    return g_strdup (s);
+  return g_shell_quote (s);
+}
+
+/* The memcacheqctl command line that reaches the same daemon, up to and
+ * including `command`, for the hints given with EXIT_MAY_STILL_HAPPEN. */
+static char *
+same_bus_command (Ctl *c, const char *command)
+{
+  g_autofree char *bus = NULL;
+
+  if (strcmp (c->bus_label, "system") == 0)
+    return g_strdup_printf ("memcacheqctl %s", command);
+  bus = shell_word (c->bus_label);
+  return g_strdup_printf ("memcacheqctl --bus=%s %s", bus, command);
 }
 
 static GVariant *
@@ -599,6 +637,20 @@ cmd_delete (Ctl *c, const char *name)
     return fail (EXIT_FAIL, _("the queue name is not valid UTF-8, which D-Bus cannot carry; "
                               "delete it with the memcache command \"delete\""));
   reply = call (c, DAEMON_PATH, DAEMON_IFACE, "DeleteQueue", g_variant_new ("(s)", name), "()", &error);
+  if (reply == NULL && outcome_unknown (error))
+    {
+      /* Not "failed": the daemon may delete the queue when it runs again,
+       * so the operator is told how to find out. */
+      g_autofree char *word = shell_word (name);
+      g_autofree char *stats = g_strdup_printf ("stats %s", word);
+      g_autofree char *check = same_bus_command (c, stats);
+      g_dbus_error_strip_remote_error (error);
+      return fail (EXIT_MAY_STILL_HAPPEN,
+                   _("memcacheq on the %s bus did not answer (%s), but the delete was sent: "
+                     "the queue %s may still be deleted when the daemon runs again. To see "
+                     "whether it is still there: %s (exit status 3: it is gone)"),
+                   c->bus_label, error->message, name, check);
+    }
   if (reply == NULL)
     return call_failed (c, error, name);
   if (c->json)
@@ -619,6 +671,14 @@ cmd_checkpoint (Ctl *c)
   g_autoptr(GError) error = NULL;
   g_autoptr(GVariant) reply = call (c, DAEMON_PATH, DAEMON_IFACE, "Checkpoint", NULL, "()", &error);
 
+  if (reply == NULL && outcome_unknown (error))
+    {
+      g_dbus_error_strip_remote_error (error);
+      return fail (EXIT_MAY_STILL_HAPPEN,
+                   _("memcacheq on the %s bus did not answer (%s), but the checkpoint request "
+                     "was sent: the checkpoint may still run when the daemon runs again"),
+                   c->bus_label, error->message);
+    }
   if (reply == NULL)
     return call_failed (c, error, NULL);
   if (c->json)
@@ -780,7 +840,8 @@ main (int argc, char **argv)
          "  1  usage error, or the daemon reported a failure\n"
          "  2  the daemon is not reachable (no bus, memcacheq not on it, or no answer)\n"
          "  3  no such queue\n"
-         "  4  permission denied by the bus policy"));
+         "  4  permission denied by the bus policy\n"
+         "  5  delete or checkpoint sent but not answered in time: it may still be carried out"));
   if (!mcq_option_check_switches (entries, argc, argv, &error) ||
       !g_option_context_parse (ctx, &argc, &argv, &error))
     return fail (EXIT_FAIL, _("%s (see --help)"), error->message);

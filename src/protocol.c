@@ -16,12 +16,15 @@
 /* Enough tokens for every fixed-form command; GET keys are walked lazily. */
 #define MAX_TOKENS 8
 
+/* The value decides, not the digit count: leading zeros are accepted in
+ * any number, as memcached's strtoul accepts them, and only a value past
+ * 2^64 - 1 overflows. */
 gboolean
 mcq_parse_u64 (const char *s, size_t len, guint64 *out)
 {
   guint64 v = 0;
 
-  if (len == 0 || len > 20)
+  if (len == 0)
     return FALSE;
   for (size_t i = 0; i < len; i++)
     {
@@ -84,6 +87,14 @@ span_is (McqSpan s, const char *word)
 {
   size_t n = strlen (word);
   return s.len == n && memcmp (s.ptr, word, n) == 0;
+}
+
+/* A number whose value is 0, however many digits it is written with. */
+static gboolean
+span_is_zero (McqSpan s)
+{
+  guint64 v;
+  return mcq_parse_u64 (s.ptr, s.len, &v) && v == 0;
 }
 
 /* Splits a line on runs of spaces.  Returns the number of tokens found (at
@@ -258,27 +269,89 @@ is_foreign_storage_verb (McqSpan verb)
          span_is (verb, "prepend") || span_is (verb, "cas");
 }
 
+/* Finds the request line at the start of buf[0..len).  MCQ_PARSE_REQUEST:
+ * it ends just before *line_end, and its content (without its "\r\n" or
+ * "\n") is *line_len bytes long.  MCQ_PARSE_NEED_MORE: it may still end
+ * within the limit.  MCQ_PARSE_FATAL: its content is past MCQ_LINE_MAX.
+ * The limit is on the content whichever the terminator, so a line ends at
+ * most MCQ_LINE_MAX + 2 bytes in. */
+static McqParseStatus
+find_line (const char *buf, size_t len, size_t *line_end, size_t *line_len)
+{
+  const char *nl = memchr (buf, '\n', MIN (len, (size_t) MCQ_LINE_MAX + 2));
+
+  if (nl == NULL)
+    {
+      /* a '\r' just past the limit may be the start of the "\r\n" */
+      if (len > MCQ_LINE_MAX + 1 || (len == MCQ_LINE_MAX + 1 && buf[MCQ_LINE_MAX] != '\r'))
+        return MCQ_PARSE_FATAL;
+      return MCQ_PARSE_NEED_MORE;
+    }
+  *line_end = (size_t) (nl - buf) + 1;
+  *line_len = *line_end - 1;
+  if (*line_len > 0 && buf[*line_len - 1] == '\r')
+    (*line_len)--;
+  return *line_len > MCQ_LINE_MAX ? MCQ_PARSE_FATAL : MCQ_PARSE_REQUEST;
+}
+
+/* "delete <key> [0] [noreply]"; the time, when given, must be 0. */
+static McqParseResult
+parse_delete (size_t line_end, const McqSpan *tok, guint ntok, const McqSpan *rest,
+              McqRequest *req)
+{
+  gboolean noreply = FALSE;
+
+  if (ntok < 2)
+    return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+  for (guint i = 2; i < ntok; i++)
+    {
+      if (span_is (tok[i], "noreply") && i == ntok - 1)
+        noreply = TRUE;
+      else if (!(i == 2 && span_is_zero (tok[i])))
+        return line_error (line_end, ERR_FORMAT, tok, ntok, rest);
+    }
+  const char *err = mcq_check_key (tok[1].ptr, tok[1].len);
+  if (err != NULL)
+    return line_error (line_end, err, tok, ntok, rest);
+  req->cmd = MCQ_CMD_DELETE;
+  req->key = tok[1];
+  req->noreply = noreply;
+  return result (MCQ_PARSE_REQUEST, line_end, NULL);
+}
+
+/* "verbosity <level> [noreply]" */
+static McqParseResult
+parse_verbosity (size_t line_end, const McqSpan *tok, guint ntok, const McqSpan *rest,
+                 McqRequest *req)
+{
+  guint64 level;
+
+  if (ntok < 2)
+    return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+  if (ntok > 3 || (ntok == 3 && !span_is (tok[2], "noreply")) ||
+      !mcq_parse_u64 (tok[1].ptr, tok[1].len, &level) || level > G_MAXUINT32)
+    return line_error (line_end, ERR_FORMAT, tok, ntok, rest);
+  req->cmd = MCQ_CMD_VERBOSITY;
+  req->verbosity = (guint32) level;
+  req->noreply = ntok == 3;
+  return result (MCQ_PARSE_REQUEST, line_end, NULL);
+}
+
 McqParseResult
 mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *req)
 {
   McqSpan tok[MAX_TOKENS], rest;
-  const char *nl;
-  size_t line_len, line_end;
+  size_t line_len = 0, line_end = 0;
+  McqParseStatus found;
   guint ntok;
 
   memset (req, 0, sizeof *req);
 
-  nl = memchr (buf, '\n', MIN (len, (size_t) MCQ_LINE_MAX + 1));
-  if (nl == NULL)
-    {
-      if (len > MCQ_LINE_MAX)
-        return result (MCQ_PARSE_FATAL, len, ERR_LINE);
-      return result (MCQ_PARSE_NEED_MORE, 0, NULL);
-    }
-  line_end = (size_t) (nl - buf) + 1;
-  line_len = line_end - 1;
-  if (line_len > 0 && buf[line_len - 1] == '\r')
-    line_len--;
+  found = find_line (buf, len, &line_end, &line_len);
+  if (found == MCQ_PARSE_FATAL)
+    return result (MCQ_PARSE_FATAL, len, ERR_LINE);
+  if (found == MCQ_PARSE_NEED_MORE)
+    return result (MCQ_PARSE_NEED_MORE, 0, NULL);
 
   ntok = tokenize (buf, line_len, tok, MAX_TOKENS, &rest);
   if (ntok == 0)
@@ -294,28 +367,7 @@ mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *re
     return result (MCQ_PARSE_ERROR, line_end, ntok > 0 && span_is (tok[0], "delete") ? ERR_FORMAT : ERR_UNKNOWN);
 
   if (span_is (tok[0], "delete"))
-    {
-      /* delete <key> [0] [noreply] */
-      gboolean noreply = FALSE;
-      guint i;
-
-      if (ntok < 2)
-        return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
-      for (i = 2; i < ntok; i++)
-        {
-          if (span_is (tok[i], "noreply") && i == ntok - 1)
-            noreply = TRUE;
-          else if (!(i == 2 && span_is (tok[i], "0")))
-            return line_error (line_end, ERR_FORMAT, tok, ntok, &rest);
-        }
-      const char *err = mcq_check_key (tok[1].ptr, tok[1].len);
-      if (err != NULL)
-        return line_error (line_end, err, tok, ntok, &rest);
-      req->cmd = MCQ_CMD_DELETE;
-      req->key = tok[1];
-      req->noreply = noreply;
-      return result (MCQ_PARSE_REQUEST, line_end, NULL);
-    }
+    return parse_delete (line_end, tok, ntok, &rest, req);
 
   if (span_is (tok[0], "stats"))
     {
@@ -331,19 +383,7 @@ mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *re
     }
 
   if (span_is (tok[0], "verbosity"))
-    {
-      guint64 level;
-
-      if (ntok < 2)
-        return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
-      if (ntok > 3 || (ntok == 3 && !span_is (tok[2], "noreply")) ||
-          !mcq_parse_u64 (tok[1].ptr, tok[1].len, &level) || level > G_MAXUINT32)
-        return line_error (line_end, ERR_FORMAT, tok, ntok, &rest);
-      req->cmd = MCQ_CMD_VERBOSITY;
-      req->verbosity = (guint32) level;
-      req->noreply = ntok == 3;
-      return result (MCQ_PARSE_REQUEST, line_end, NULL);
-    }
+    return parse_verbosity (line_end, tok, ntok, &rest, req);
 
   if (ntok == 1)
     {

@@ -7,9 +7,9 @@
 #include <stdint.h>
 
 #define MCQ_KEY_MAX 250
-/* A request line (everything before the first '\n') longer than this is a
- * runaway: the connection gets an error and is closed.  A multi-get naming
- * 64 maximal keys still fits. */
+/* A request line whose content (without its "\r\n" or "\n") is longer
+ * than this is a runaway: the connection gets an error and is closed.  A
+ * multi-get naming 64 maximal keys still fits. */
 #define MCQ_LINE_MAX 16384
 /* A declared body length above this makes the line malformed, as in
  * memcached (INT_MAX - 2): answering "too large" would oblige us to skip
@@ -79,6 +79,7 @@ gboolean mcq_request_next_key (const McqRequest *req, size_t *pos, McqSpan *key)
 const char *mcq_check_key (const char *key, size_t len);
 
 /* Strict decimal parsers used for the protocol and for option values: no
- * sign, no spaces, no overflow. */
+ * sign (but mcq_parse_i64's '-'), no spaces, no overflow; any number of
+ * leading zeros, so "007" and "0000000000000000000000007" both read 7. */
 gboolean mcq_parse_u64 (const char *s, size_t len, guint64 *out);
 gboolean mcq_parse_i64 (const char *s, size_t len, gint64 *out);

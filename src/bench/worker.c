@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "../i18n.h"
+#include "../protocol.h"
 
 enum { P_NEED, P_DONE, P_FATAL };
 enum { RES_OK, RES_HIT, RES_MISS, RES_ERR };
@@ -392,20 +393,11 @@ check_value (Conn *c, Slot *s, const char *body, size_t len, bool have_flags, ui
 /* ------------------------------------------------------------------------ */
 /* reply parsing                                                            */
 
+/* The decimal number p..end, read as the daemon reads its requests. */
 static bool
 parse_uint (const char *p, const char *end, uint64_t *out)
 {
-  uint64_t v = 0;
-  if (p == end || end - p > 19)
-    return false;
-  for (; p < end; p++)
-    {
-      if (*p < '0' || *p > '9')
-        return false;
-      v = v * 10 + (uint64_t) (*p - '0');
-    }
-  *out = v;
-  return true;
+  return mcq_parse_u64 (p, (size_t) (end - p), out);
 }
 
 static int

@@ -148,32 +148,50 @@ line_end_of (const char *buf, size_t len)
   return nl ? (size_t) (nl - buf) + 1 : 0;
 }
 
+/* Length of the content of the line that ends at le (just past its '\n'):
+ * without its "\r\n" or "\n". */
+static size_t
+content_len (const char *buf, size_t le)
+{
+  size_t n = le - 1;
+  return n > 0 && buf[n - 1] == '\r' ? n - 1 : n;
+}
+
+/* Whether buf[0..len), which holds no '\n', may still become a line whose
+ * content is within MCQ_LINE_MAX: a "\r" just past the limit may be the
+ * start of its "\r\n". */
+static int
+may_still_fit (const char *buf, size_t len)
+{
+  return len <= MCQ_LINE_MAX || (len == MCQ_LINE_MAX + 1 && buf[MCQ_LINE_MAX] == '\r');
+}
+
 /* Checks one result against the bytes it was parsed from. */
 static void
 check_result (const char *buf, size_t len, guint64 max_body, const McqParseResult *r,
               const McqRequest *req)
 {
-  size_t le = line_end_of (buf, len < (size_t) MCQ_LINE_MAX + 1 ? len : (size_t) MCQ_LINE_MAX + 1);
+  size_t le = line_end_of (buf, len < (size_t) MCQ_LINE_MAX + 2 ? len : (size_t) MCQ_LINE_MAX + 2);
 
   switch (r->status)
     {
     case MCQ_PARSE_NEED_MORE:
       CHECK (r->consumed == 0);
       /* Waiting for the end of a line can only go on so long. */
-      CHECK (le > 0 || len <= MCQ_LINE_MAX);
+      CHECK (le > 0 ? content_len (buf, le) <= MCQ_LINE_MAX : may_still_fit (buf, len));
       break;
 
     case MCQ_PARSE_FATAL:
       CHECK (known_error (r->error));
       CHECK (strcmp (r->error, "CLIENT_ERROR line too long\r\n") == 0);
       CHECK (r->consumed <= len);
-      CHECK (le == 0 && len > MCQ_LINE_MAX);
+      CHECK (le > 0 ? content_len (buf, le) > MCQ_LINE_MAX : !may_still_fit (buf, len));
       break;
 
     case MCQ_PARSE_ERROR:
       CHECK (known_error (r->error));
       CHECK (r->consumed > 0 && r->consumed <= len);
-      CHECK (le > 0);
+      CHECK (le > 0 && content_len (buf, le) <= MCQ_LINE_MAX);
       if (r->skip_line)
         {
           /* bad data chunk: the line, then the declared body, is dropped */
@@ -194,6 +212,7 @@ check_result (const char *buf, size_t len, guint64 max_body, const McqParseResul
     case MCQ_PARSE_REQUEST:
       CHECK (r->consumed > 0 && r->consumed <= len);
       CHECK (le > 0 && le <= r->consumed);
+      CHECK (content_len (buf, le) <= MCQ_LINE_MAX);
       CHECK (r->error == NULL);
       CHECK ((int) req->cmd >= MCQ_CMD_SET && (int) req->cmd <= MCQ_CMD_DB_ARCHIVE);
       switch (req->cmd)

@@ -13,6 +13,7 @@ memcacheqctl is taken from $MEMCACHEQCTL_BIN, else next to the memcacheq binary.
 import json
 import math
 import os
+import signal
 import socket
 import re
 import select
@@ -37,7 +38,7 @@ CMD_TIMEOUT = 20.0
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 # Exit codes of memcacheqctl (see its --help).
-EXIT_FAIL, EXIT_UNREACHABLE, EXIT_NO_QUEUE, EXIT_DENIED = 1, 2, 3, 4
+EXIT_FAIL, EXIT_UNREACHABLE, EXIT_NO_QUEUE, EXIT_DENIED, EXIT_MAY_STILL_HAPPEN = 1, 2, 3, 4, 5
 
 # The system bus's default policy (Debian's /usr/share/dbus-1/system.conf, without
 # the parts about running as a service), with memcacheq's policy file included.
@@ -839,6 +840,40 @@ def test_ctl_gives_up_on_a_bus_that_never_answers(ctl_bin, tmp_path):
         server.close()
 
 
+def test_ctl_unanswered_delete_says_it_may_still_happen(bus, bus_daemon, ctl_bin):
+    """A stopped daemon cannot answer within memcacheqctl's 10 s, but the bus
+    has the request and the daemon carries it out once it runs again: the
+    operator must not be told the delete failed.  The checkpoint runs
+    alongside, so that both actions share the wait."""
+    with bus_daemon.client() as c:
+        fill(c, "frozen", 3)
+    bus.wait_queue_object("frozen")
+    base = [str(ctl_bin), "--bus=%s" % bus.address]
+    os.kill(bus_daemon.pid, signal.SIGSTOP)
+    try:
+        procs = [subprocess.Popen(base + args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+                 for args in (["delete", "frozen"], ["checkpoint"])]
+        outs = [p.communicate(timeout=CMD_TIMEOUT) for p in procs]
+    finally:
+        os.kill(bus_daemon.pid, signal.SIGCONT)
+    (_, delete_err), (_, checkpoint_err) = outs
+    assert procs[0].returncode == EXIT_MAY_STILL_HAPPEN, (procs[0].returncode, delete_err)
+    assert b"did not answer" in delete_err, delete_err
+    assert b"the delete was sent: the queue frozen may still be deleted" in delete_err, delete_err
+    hint = b"memcacheqctl --bus=%s stats frozen" % bus.address.encode()
+    assert hint in delete_err, delete_err
+    assert procs[1].returncode == EXIT_MAY_STILL_HAPPEN, (procs[1].returncode, checkpoint_err)
+    assert b"the checkpoint may still run" in checkpoint_err, checkpoint_err
+
+    # As announced, the delete happens once the daemon runs again, and the
+    # suggested command tells.
+    with bus_daemon.client() as c:
+        wait_until(lambda: "frozen" not in c.queue_counters(), 10.0, what="the delete")
+    res = bus.ctl("stats", "frozen")
+    assert res.returncode == EXIT_NO_QUEUE, res
+
+
 def test_ctl_system_bus_from_environment(bus, bus_daemon, ctl_bin):
     res = run([str(ctl_bin), "status"], env={**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address})
     assert res.returncode == 0, res.stderr
@@ -849,7 +884,8 @@ def test_ctl_usage(ctl_bin):
     assert res.returncode == 0
     out = res.stdout.decode()
     for word in ("status", "list", "stats QUEUE", "delete QUEUE", "checkpoint", "watch",
-                 "--json", "--bus", "--count", "Exit status", "no such queue", "not reachable"):
+                 "--json", "--bus", "--count", "Exit status", "no such queue", "not reachable",
+                 "may still be carried out"):
         assert word in out, word
     for args, needle in ((["frobnicate"], b"unknown command"), ([], b"no command"),
                          (["stats"], b"one queue name"), (["list", "extra"], b"no arguments"),

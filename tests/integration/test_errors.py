@@ -174,6 +174,33 @@ def test_line_of_16384_bytes_is_not_too_long(conn):
     assert_still_usable(conn)
 
 
+LINE_MAX = 16384
+
+
+def _get_line(content, end):
+    """A get of queue "lim" padded with spaces to `content` bytes, then `end`."""
+    line = b"get lim"
+    return line + b" " * (content - len(line)) + end
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_line_of_16384_bytes_is_served_whatever_its_terminator(conn, end):
+    # The limit is on the line's content, not counting "\r\n" or "\n".
+    assert conn.set("lim", b"first") == b"STORED\r\n"
+    assert conn.cmd(_get_line(LINE_MAX, end), b"END\r\n") == b"VALUE lim 0 5\r\nfirst\r\nEND\r\n"
+    assert_still_usable(conn)
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_line_of_16385_bytes_is_too_long_whatever_its_terminator(daemon, end):
+    with daemon.client() as c:
+        assert c.set("lim", b"kept") == b"STORED\r\n"
+        c.send(_get_line(LINE_MAX + 1, end))
+        assert c.read_to_close() == b"CLIENT_ERROR line too long\r\n"
+    with daemon.client() as fresh:
+        assert fresh.get("lim") == b"kept"
+
+
 def test_delete_with_a_second_name_is_refused_and_keeps_the_queue(conn):
     # "delete <queue> <time>" takes a number; a second queue name is a
     # malformed line, not a request to delete both.

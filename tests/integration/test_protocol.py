@@ -140,6 +140,37 @@ def test_exptime_is_ignored(conn):
     assert conn.cmd(b"get ex\r\n", b"END\r\n") == b"VALUE ex 6 2\r\nho\r\nEND\r\n"
 
 
+ZEROS = b"0" * 24
+
+
+def test_numbers_with_leading_zeros_are_read_by_value(conn):
+    # However many zeros pad a number, its value decides: flags, exptime,
+    # bytes, the verbosity level and delete's time all read as usual.
+    line = b"set lz %s7 -%s1 %s5\r\nhello\r\n" % (ZEROS, ZEROS, ZEROS)
+    assert conn.cmd(line) == b"STORED\r\n"
+    assert conn.cmd(b"set lz 0 0 %s1\r\nx\r\n" % ZEROS) == b"STORED\r\n"
+    assert conn.cmd(b"set lz 0 0 01\r\ny\r\n") == b"STORED\r\n"
+    assert conn.cmd(b"version\r\n") == b"VERSION 0.1.0\r\n"   # no stray reply
+    assert conn.cmd(b"get lz\r\n", b"END\r\n") == b"VALUE lz 7 5\r\nhello\r\nEND\r\n"
+    assert conn.get("lz") == b"x"
+    assert conn.get("lz") == b"y"
+    assert conn.cmd(b"verbosity %s1\r\n" % ZEROS) == b"OK\r\n"
+    assert conn.set("lz", b"z") == b"STORED\r\n"
+    assert conn.cmd(b"delete lz %s\r\n" % ZEROS) == b"DELETED\r\n"
+    assert conn.cmd(b"stats queue\r\n", b"END\r\n") == b"END\r\n"
+
+
+def test_zero_padded_numbers_out_of_range_are_refused_and_swallow_the_block(conn):
+    assert conn.set("lzr", b"keepme") == b"STORED\r\n"
+    # flags above 2^32 - 1: refused, and the 5-byte block "get lzr" is
+    # swallowed with it rather than run
+    line = b"set lzr %s4294967296 0 %s7\r\nget lzr\r\n" % (ZEROS, ZEROS)
+    assert (conn.cmd(line + b"version\r\n", b"VERSION 0.1.0\r\n")
+            == b"CLIENT_ERROR bad command line format\r\nVERSION 0.1.0\r\n")
+    assert conn.cmd(b"delete lzr %s1\r\n" % ZEROS) == b"CLIENT_ERROR bad command line format\r\n"
+    assert conn.get("lzr") == b"keepme"
+
+
 def test_multi_get_one_message_per_queue_in_named_order(conn):
     assert conn.set("q1", b"one-a", flags=1) == b"STORED\r\n"
     assert conn.set("q1", b"one-b", flags=2) == b"STORED\r\n"

@@ -263,17 +263,70 @@ test_other_commands (void)
   g_assert_cmpuint (r.discard, ==, 7);
 }
 
+/* Builds "get q" padded with spaces to `content` bytes, then `end`. */
+static char *
+line_of (size_t content, const char *end, size_t *len)
+{
+  size_t tl = strlen (end);
+  char *line = g_malloc (content + tl);
+
+  memset (line, ' ', content);
+  memcpy (line, "get q", 5);
+  memcpy (line + content, end, tl);
+  *len = content + tl;
+  return line;
+}
+
+/* The limit is on a line's content, whatever its terminator: MCQ_LINE_MAX
+ * bytes make a request with "\n" or "\r\n", one more is too long with
+ * either, and no prefix of a line within the limit is refused. */
 static void
 test_line_limit (void)
 {
+  static const char *const ends[] = { "\n", "\r\n" };
   McqRequest req;
-  g_autofree char *line = g_strnfill (MCQ_LINE_MAX + 1, 'a');
-  McqParseResult r = mcq_parse_request (line, MCQ_LINE_MAX, MAXB, &req);
+  McqParseResult r;
 
-  g_assert_cmpint (r.status, ==, MCQ_PARSE_NEED_MORE);
-  r = mcq_parse_request (line, MCQ_LINE_MAX + 1, MAXB, &req);
-  g_assert_cmpint (r.status, ==, MCQ_PARSE_FATAL);
-  g_assert_cmpstr (r.error, ==, "CLIENT_ERROR line too long\r\n");
+  for (guint e = 0; e < G_N_ELEMENTS (ends); e++)
+    for (size_t content = MCQ_LINE_MAX - 1; content <= MCQ_LINE_MAX + 1; content++)
+      {
+        size_t len;
+        g_autofree char *line = line_of (content, ends[e], &len);
+
+        g_test_message ("content %zu, terminator %zu bytes", content, strlen (ends[e]));
+        r = mcq_parse_request (line, len, MAXB, &req);
+        if (content <= MCQ_LINE_MAX)
+          {
+            g_assert_cmpint (r.status, ==, MCQ_PARSE_REQUEST);
+            g_assert_cmpint (req.cmd, ==, MCQ_CMD_GET);
+            g_assert_cmpuint (req.nkeys, ==, 1);
+            g_assert_cmpuint (r.consumed, ==, len);
+            for (size_t i = MCQ_LINE_MAX - 2; i < len; i++)
+              g_assert_cmpint (mcq_parse_request (line, i, MAXB, &req).status, ==,
+                               MCQ_PARSE_NEED_MORE);
+          }
+        else
+          {
+            g_assert_cmpint (r.status, ==, MCQ_PARSE_FATAL);
+            g_assert_cmpstr (r.error, ==, "CLIENT_ERROR line too long\r\n");
+            /* refused as soon as the content is past the limit */
+            r = mcq_parse_request (line, MCQ_LINE_MAX + 1, MAXB, &req);
+            g_assert_cmpint (r.status, ==, MCQ_PARSE_FATAL);
+          }
+      }
+
+  /* A "\r" just past the limit may start the terminator: wait for the
+   * next byte, which decides. */
+  {
+    size_t len;
+    g_autofree char *line = line_of (MCQ_LINE_MAX, "\rx", &len);
+
+    g_assert_cmpint (mcq_parse_request (line, MCQ_LINE_MAX + 1, MAXB, &req).status, ==,
+                     MCQ_PARSE_NEED_MORE);
+    r = mcq_parse_request (line, len, MAXB, &req);
+    g_assert_cmpint (r.status, ==, MCQ_PARSE_FATAL);
+    g_assert_cmpstr (r.error, ==, "CLIENT_ERROR line too long\r\n");
+  }
 }
 
 /* Feeds random bytes: the parser must never read out of bounds or claim to
@@ -320,6 +373,80 @@ test_numbers (void)
   g_assert_false (mcq_parse_i64 ("9223372036854775808", 19, &i));
 }
 
+/* Leading zeros: the value decides, not the number of digits. */
+static void
+test_leading_zeros (void)
+{
+  g_autofree char *zeros = g_strnfill (100, '0');
+  g_autofree char *max = g_strconcat (zeros, "18446744073709551615", NULL);
+  g_autofree char *over = g_strconcat (zeros, "18446744073709551616", NULL);
+  g_autofree char *min = g_strconcat ("-", zeros, "9223372036854775808", NULL);
+  guint64 u;
+  gint64 i;
+
+  g_assert_true (mcq_parse_u64 ("01", 2, &u));
+  g_assert_cmpuint (u, ==, 1);
+  g_assert_true (mcq_parse_u64 ("0000000000000000000001", 22, &u));
+  g_assert_cmpuint (u, ==, 1);
+  g_assert_true (mcq_parse_u64 (zeros, 100, &u));
+  g_assert_cmpuint (u, ==, 0);
+  g_assert_true (mcq_parse_u64 (max, strlen (max), &u));
+  g_assert_cmpuint (u, ==, G_MAXUINT64);
+  g_assert_false (mcq_parse_u64 (over, strlen (over), &u));
+  g_assert_true (mcq_parse_i64 (min, strlen (min), &i));
+  g_assert_cmpint (i, ==, G_MININT64);
+  g_assert_true (mcq_parse_i64 ("-0000000000000000000000001", 26, &i));
+  g_assert_cmpint (i, ==, -1);
+}
+
+/* Every numeric field of the protocol reads zero-padded numbers by value. */
+static void
+test_leading_zeros_in_requests (void)
+{
+  McqRequest req;
+  McqParseResult r;
+
+  r = parse ("set q 00000000000000000000000000007 -0000000000000000000000000001 "
+             "0000000000000000000000000003\r\nabc\r\n", &req);
+  g_assert_cmpint (r.status, ==, MCQ_PARSE_REQUEST);
+  g_assert_cmpuint (req.flags, ==, 7);
+  g_assert_cmpuint (req.bytes, ==, 3);
+  g_assert_cmpmem (req.body.ptr, req.body.len, "abc", 3);
+
+  r = parse ("set q 0 0 0000000000000000000001\r\nx\r\n", &req);
+  g_assert_cmpint (r.status, ==, MCQ_PARSE_REQUEST);
+  g_assert_cmpmem (req.body.ptr, req.body.len, "x", 1);
+  g_assert_cmpuint (r.consumed, ==, strlen ("set q 0 0 0000000000000000000001\r\nx\r\n"));
+
+  r = parse ("verbosity 0000000000000000000000001 noreply\r\n", &req);
+  g_assert_cmpint (r.status, ==, MCQ_PARSE_REQUEST);
+  g_assert_cmpint (req.cmd, ==, MCQ_CMD_VERBOSITY);
+  g_assert_cmpuint (req.verbosity, ==, 1);
+
+  r = parse ("delete q 00\r\n", &req);
+  g_assert_cmpint (r.status, ==, MCQ_PARSE_REQUEST);
+  g_assert_cmpint (req.cmd, ==, MCQ_CMD_DELETE);
+  r = parse ("delete q 0000000000000000000000000 noreply\r\n", &req);
+  g_assert_cmpint (r.status, ==, MCQ_PARSE_REQUEST);
+  g_assert_true (req.noreply);
+  assert_error ("delete q 01\r\n", "CLIENT_ERROR bad command line format\r\n");
+
+  /* a zero-padded value out of range is refused like the bare value, and a
+   * readable byte count still has its block swallowed */
+  r = parse ("set q 00000000000000000000004294967296 0 0000000000000000000005\r\n", &req);
+  g_assert_cmpstr (r.error, ==, "CLIENT_ERROR bad command line format\r\n");
+  g_assert_cmpuint (r.discard, ==, 7);
+  r = parse ("set q 0 0 000000000000000000000002000\r\n", &req);
+  g_assert_cmpstr (r.error, ==, "SERVER_ERROR object too large for cache\r\n");
+  g_assert_cmpuint (r.discard, ==, 2002);
+  r = parse ("set q 0 0 000000000000000000000002147483646\r\n", &req);
+  g_assert_cmpstr (r.error, ==, "CLIENT_ERROR bad command line format\r\n");
+  g_assert_cmpuint (r.discard, ==, 0);
+  r = parse ("append q 0 0 0000000000000000000005\r\n", &req);
+  g_assert_cmpstr (r.error, ==, "ERROR\r\n");
+  g_assert_cmpuint (r.discard, ==, 7);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -334,5 +461,7 @@ main (int argc, char **argv)
   g_test_add_func ("/protocol/line-limit", test_line_limit);
   g_test_add_func ("/protocol/random", test_random);
   g_test_add_func ("/protocol/numbers", test_numbers);
+  g_test_add_func ("/protocol/leading-zeros", test_leading_zeros);
+  g_test_add_func ("/protocol/leading-zeros-in-requests", test_leading_zeros_in_requests);
   return g_test_run ();
 }
