@@ -330,3 +330,28 @@ def test_no_password_in_logs(make_daemon, auth_file):
     assert "authenticated as alice" in log and "wrong user name or password" in log, log
     for secret in (PASSWORD, "other-pw", "Wrong-pw"):
         assert secret not in log, log
+
+
+# ---- memcacheq-bench ---------------------------------------------------------------
+
+def test_bench_auth_file(authd, auth_file, tmp_path):
+    bench = authd.binary.rsplit("/", 1)[0] + "/bench/memcacheq-bench"
+    bench = os.environ.get("MEMCACHEQ_BENCH", bench)
+
+    def run(*args):
+        return subprocess.run([bench, "-p", str(authd.port), "-c", "3", "-n", "300", "--json"]
+                              + list(args), stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=60)
+
+    client_file = tmp_path / "client-auth"
+    client_file.write_text("%s:%s\n" % (USER, PASSWORD))
+    ok = run("--auth-file", str(client_file))
+    assert ok.returncode == 0, ok.stderr
+    assert b'"ops":300,' in ok.stdout and b'"errors":0,' in ok.stdout, ok.stdout
+    # without it every request is refused
+    refused = run()
+    assert refused.returncode == 1 and b"unauthenticated" in refused.stderr, refused.stderr
+    client_file.write_text("%s:wrong\n" % USER)
+    wrong = run("-Y", str(client_file))
+    assert wrong.returncode == 2, wrong.stderr
+    assert b"authentication refused: CLIENT_ERROR authentication failure" in wrong.stderr
