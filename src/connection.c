@@ -61,6 +61,7 @@ struct _McqConnection {
   size_t in_off;
   guint64 discard;              /* bytes still to drop (swallowed body) */
   gboolean skip_line;           /* then drop through the next '\n' */
+  McqAuthState auth;            /* until it passes, requests go to mcq_auth_parse */
 
   GQueue slots;                 /* Slot*, in request order */
   GByteArray *out;              /* NULL until there is something to send */
@@ -771,7 +772,8 @@ process_bytes (McqConnection *c, const char *buf, size_t len)
           continue;
         }
 
-      r = mcq_parse_request (p, avail, c->server->max_body, &req);
+      r = c->auth.passed ? mcq_parse_request (p, avail, c->server->max_body, &req)
+                         : mcq_auth_parse (c->server->auth, &c->auth, (char *) p, avail, &req);
       switch (r.status)
         {
         case MCQ_PARSE_NEED_MORE:
@@ -1105,6 +1107,7 @@ mcq_connection_new (McqServer *srv, int fd)
   c->fd = fd;
   c->refs = 1;
   c->last_write = g_get_monotonic_time ();
+  c->auth.passed = srv->auth == NULL;
   if (sweep_source == 0)
     sweep_source = g_timeout_add_seconds (SWEEP_INTERVAL_S, sweep, srv);
   g_queue_init (&c->slots);

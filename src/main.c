@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "config.h"
 #include "connection.h"
 #include "dbus.h"
@@ -343,6 +344,17 @@ main (int argc, char **argv)
                    "it will wait"), opts.max_conns, (unsigned long) rl.rlim_cur);
   }
 
+  /* Read while still root when started as root, so the file can stay
+   * private to root. */
+  if (opts.auth_file != NULL)
+    {
+      server.auth = mcq_auth_load (opts.auth_file, &error);
+      if (server.auth == NULL)
+        return fail (error->message);
+      g_info (_("clients must authenticate first: %u user:password line(s) in %s"),
+              mcq_auth_count (server.auth), opts.auth_file);
+    }
+
   /* Sockets first: a privileged port must be bound before dropping root. */
   listener = mcq_listener_new ();
   activated = mcq_listener_adopt_activated (listener, &error);
@@ -457,6 +469,7 @@ main (int argc, char **argv)
   drain (&server);
   mcq_sd_watchdog_stop ();
   mcq_store_close (server.store);
+  g_clear_pointer (&server.auth, mcq_auth_free);
   if (opts.pidfile)
     unlink (opts.pidfile);
   g_main_loop_unref (d.loop);

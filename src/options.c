@@ -50,6 +50,7 @@ mcq_options_clear (McqOptions *o)
   g_free (o->pidfile);
   g_free (o->home);
   g_free (o->dbus);
+  g_free (o->auth_file);
   g_clear_pointer (&o->given, g_ptr_array_unref);
 }
 
@@ -171,6 +172,7 @@ mcq_options_parse (McqOptions *o, int *argc, char ***argv, GError **error)
     { "license", 'i', 0, G_OPTION_ARG_NONE, &o->show_license, N_("print the license and exit"), NULL },
     { "version", 'V', 0, G_OPTION_ARG_NONE, &o->show_version, N_("print the version and exit"), NULL },
     { "dbus", 0, 0, G_OPTION_ARG_STRING, &o->dbus, N_("publish queue statistics on this D-Bus bus: system (default), session or none"), N_("BUS") },
+    { "auth-file", 'Y', 0, G_OPTION_ARG_FILENAME, &o->auth_file, N_("clients must first authenticate as a user:password line of this file (memcached's ASCII authentication)"), N_("FILE") },
     { "no-cpu-placement", 0, 0, G_OPTION_ARG_NONE, &o->no_cpu_placement, N_("let the fsync thread run on any allowed CPU (durable mode otherwise binds it to the CPUs that take the home disk's interrupts)"), NULL },
   };
 
@@ -242,6 +244,11 @@ mcq_options_check (const McqOptions *o, GError **error)
     {
       g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
                            _("-s/--unix-socket: empty path"));
+      return FALSE;
+    }
+  if (o->auth_file != NULL && o->auth_file[0] == '\0')
+    {
+      g_set_error (error, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, _("-Y/--auth-file: empty path"));
       return FALSE;
     }
   if (o->dbus != NULL && g_strcmp0 (o->dbus, "system") != 0 &&

@@ -32,6 +32,7 @@ typedef struct {
   gboolean show_version;
   char *dbus;                   /* --dbus: "system", "session" or "none"; NULL: system */
   gboolean no_cpu_placement;    /* --no-cpu-placement (see placement.h) */
+  char *auth_file;              /* -Y/--auth-file: clients must authenticate (see auth.h) */
 
   /* storage */
   char *home;

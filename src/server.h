@@ -4,6 +4,7 @@
 #pragma once
 
 #include <glib.h>
+#include "auth.h"
 #include "store.h"
 
 typedef struct {
@@ -13,6 +14,7 @@ typedef struct {
 
 typedef struct _McqServer {
   McqStore *store;
+  McqAuth *auth;                /* --auth-file, or NULL: no authentication */
   guint64 max_body;
   guint max_conns;
   gint64 start_time;            /* wall clock, seconds */

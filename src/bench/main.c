@@ -81,6 +81,9 @@ static gchar *opt_prefix = NULL;
 static gdouble opt_timeout = 10;
 static gboolean opt_quiet = FALSE;
 static gboolean opt_version = FALSE;
+static gchar *opt_auth_file = NULL;
+/* --auth-file: the auth set every connection sends first, or NULL. */
+static char *auth_req = NULL;
 
 /* --duration and --warmup: whether each was given is kept apart from its
  * value, so that a negative one is refused rather than taken for "not
@@ -123,6 +126,7 @@ static const GOptionEntry entries[] = {
   { "key-prefix", 'k', 0, G_OPTION_ARG_STRING, &opt_prefix, N_("queue/key name prefix (default \"bench\")"), N_("PREFIX") },
   { "timeout", 0, 0, G_OPTION_ARG_DOUBLE, &opt_timeout, N_("seconds a connection may wait for a reply before it is dropped (default 10)"), N_("SECONDS") },
   { "quiet", 0, 0, G_OPTION_ARG_NONE, &opt_quiet, N_("do not print error details, only count them"), NULL },
+  { "auth-file", 'Y', 0, G_OPTION_ARG_FILENAME, &opt_auth_file, N_("authenticate each connection first with the first user:password line of this file (a server started with -Y)"), N_("FILE") },
   { "version", 'V', 0, G_OPTION_ARG_NONE, &opt_version, N_("print the version and exit"), NULL },
   { NULL }
 };
@@ -183,6 +187,71 @@ sleep_s (double s)
     ;
 }
 
+/* The auth set for --auth-file, "set auth 0 0 <n>\r\n<user> <password>\r\n",
+ * from the first user:password line of path; NULL with the reason in err.
+ * The file's bytes are wiped once read. */
+static char *
+auth_request (const char *path, char *err, size_t errlen)
+{
+  g_autoptr(GError) error = NULL;
+  char *text = NULL, *line, *colon, *req = NULL;
+  gsize len = 0;
+
+  if (!g_file_get_contents (path, &text, &len, &error))
+    {
+      snprintf (err, errlen, "%s", error->message);
+      return NULL;
+    }
+  line = text + strspn (text, "\r\n");
+  line[strcspn (line, "\r\n")] = '\0';
+  colon = strchr (line, ':');
+  if (colon == NULL || colon == line || colon[1] == '\0')
+    snprintf (err, errlen, _("%s: the first line is not user:password"), path);
+  else
+    {
+      *colon = ' ';
+      req = g_strdup_printf ("set auth 0 0 %zu\r\n%s\r\n", strlen (line), line);
+    }
+  explicit_bzero (text, len);
+  g_free (text);
+  return req;
+}
+
+/* Sends the auth set on a blocking socket and reads its one-line reply. */
+static bool
+authenticate (int fd, char *err, size_t errlen)
+{
+  struct timeval tv = { (time_t) opt_timeout, 0 };
+  char reply[256];
+  size_t got = 0;
+
+  setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (send (fd, auth_req, strlen (auth_req), MSG_NOSIGNAL) != (ssize_t) strlen (auth_req))
+    {
+      snprintf (err, errlen, "send: %s", strerror (errno));
+      return false;
+    }
+  while (got < sizeof reply - 1 && (got == 0 || reply[got - 1] != '\n'))
+    {
+      ssize_t n = recv (fd, reply + got, sizeof reply - 1 - got, 0);
+      if (n <= 0)
+        {
+          snprintf (err, errlen, _("no reply to the authentication: %s"),
+                    n == 0 ? _("connection closed") : strerror (errno));
+          return false;
+        }
+      got += (size_t) n;
+    }
+  reply[got] = '\0';
+  tv.tv_sec = 0;
+  setsockopt (fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (strcmp (reply, "STORED\r\n") == 0)
+    return true;
+  reply[strcspn (reply, "\r\n")] = '\0';
+  snprintf (err, errlen, _("authentication refused: %s"), reply);
+  return false;
+}
+
 static int
 connect_one (const struct sockaddr *sa, socklen_t salen, int family, char *err, size_t errlen)
 {
@@ -202,6 +271,11 @@ connect_one (const struct sockaddr *sa, socklen_t salen, int family, char *err, 
     {
       int one = 1;
       setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+  if (auth_req != NULL && !authenticate (fd, err, errlen))
+    {
+      close (fd);
+      return -1;
     }
   fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) | O_NONBLOCK);
   return fd;
@@ -331,6 +405,14 @@ main (int argc, char **argv)
     usage_error (_("--pid: %d: no such process (cannot read /proc/%d/stat)"), opt_pid, opt_pid);
   if (opt_cache && cfg.protocol != PROTO_MEMCACHE)
     usage_error (_("--cache needs --protocol=memcache"));
+  if (opt_auth_file && cfg.protocol != PROTO_MEMCACHE)
+    usage_error (_("--auth-file needs --protocol=memcache"));
+  if (opt_auth_file)
+    {
+      char err[512];
+      if ((auth_req = auth_request (opt_auth_file, err, sizeof err)) == NULL)
+        usage_error ("--auth-file: %s", err);
+    }
   cfg.prefix = opt_prefix ? opt_prefix : "bench";
   if (strlen (cfg.prefix) > 200 || strpbrk (cfg.prefix, " \r\n\t"))
     usage_error (_("--key-prefix: at most 200 characters and no white space"));
@@ -609,5 +691,9 @@ main (int argc, char **argv)
   g_free (opt_mix);
   g_free (opt_protocol);
   g_free (opt_prefix);
+  g_free (opt_auth_file);
+  if (auth_req != NULL)
+    explicit_bzero (auth_req, strlen (auth_req));
+  g_free (auth_req);
   return errors ? 1 : 0;
 }
