@@ -284,3 +284,21 @@ def test_socket_stop_removes_unix_socket(boot):
     assert r["service_after_socket_stop"] == "inactive", r
     assert not r["unix_socket_after_socket_stop"], "/run/memcacheq/memcacheq.sock outlived the stop"
 
+
+def test_debug_log_in_sandbox(boot):
+    """At -vv under the unit's sandbox nothing is refused to the daemon's
+    threads, and CODE_FILE names the daemon's sources from the project root."""
+    r = step(boot, "debug_log")
+    assert r["cmdline"] == ["/usr/bin/memcacheq", "-vv"], r["cmdline"]
+    assert r["set"] == "STORED" and r["get"] == "x"
+    assert r["bus_names"] == ["org.memcacheq.MemcacheQ1"], r["bus_names"]
+    entries = r["entries"]
+    debug = [e for e in entries if e.get("PRIORITY") == "7"]
+    assert debug, "no debug entries at -vv: %r" % entries[:5]
+    refused = [e["MESSAGE"] for e in entries
+               if "scheduler" in (e.get("MESSAGE") or "") or "not permitted" in (e.get("MESSAGE") or "")]
+    assert not refused, refused
+    ours = [e for e in entries if e.get("GLIB_DOMAIN") == "memcacheq"]
+    assert ours, entries[:5]
+    files = sorted({e.get("CODE_FILE") for e in ours})
+    assert all(f and f.startswith("src/") and f.endswith(".c") for f in files), files
