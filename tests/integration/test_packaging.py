@@ -13,8 +13,12 @@ no error).  The .deb's files, unpacked with dpkg-deb -x, are booted in a
 throw-away systemd container (../shared/notes/real-systemd.md, layer 3),
 where `systemctl start memcacheq.socket` and a set/get on 127.0.0.1:22201
 must work, and memcacheqctl must find the daemon on the system bus (the
-package's D-Bus policy) with meson.build's version.  They need the packages of `scripts/deps pkg`, and the boot needs
-root; a missing tool is a failure, not a skip.
+package's D-Bus policy) with meson.build's version.  A second container, whose
+/usr, /var and /etc are throw-away writable overlays of the host's, runs
+dpkg and apt-get on the .deb for real (tests/systemd/package_lifecycle.py):
+install, upgrade, remove (queues kept), purge (queues gone).  They need the
+packages of `scripts/deps pkg`, and the boots need root; a missing tool is a
+failure, not a skip.
 """
 
 import json
@@ -290,6 +294,18 @@ def test_deb_enables_the_socket_not_the_service(deb, tmp_path):
         assert postinst.index("systemd-sysusers") < postinst.index("start 'memcacheq.socket'")
 
 
+def test_deb_preinst_user_is_the_sysusers_one():
+    """debian/memcacheq.preinst creates the user from a copy of the
+    sysusers.d entry (the file itself is not unpacked yet): the two agree."""
+    preinst = (REPO / "debian" / "memcacheq.preinst").read_text()
+    m = re.search(r"--replace=/usr/lib/sysusers\.d/memcacheq\.conf - <<'SYSUSERS'\n(.*?)\nSYSUSERS\n",
+                  preinst, re.S)
+    assert m, preinst
+    entries = [l for l in (REPO / "systemd" / "memcacheq.sysusers").read_text().splitlines()
+               if l.strip() and not l.startswith("#")]
+    assert m.group(1).splitlines() == entries
+
+
 # The check that runs as a oneshot unit inside the container: only the
 # Python standard library (the container has the host's /usr).
 BOOT_CHECK = textwrap.dedent(r'''
@@ -445,3 +461,118 @@ def test_rpm_contents_and_scriptlets(rpm):
     assert _run(["rpm", "-qp", "--qf", "%{VERSION}", path]).stdout == meson_version()
     scripts = _run(["rpm", "-qp", "--scripts", path]).stdout
     assert "memcacheq.socket" in scripts and "try-restart" in scripts, scripts
+    # erasing keeps the queues, as Fedora packages keep their /var/lib data
+    assert not re.search(r"^\s*rm\s", scripts, re.M), scripts
+
+
+LIFECYCLE = REPO / "tests" / "systemd" / "package_lifecycle.py"
+
+
+@pytest.fixture(scope="module")
+def deb_lifecycle(deb, tmp_path_factory):
+    """Installs, removes, purges and reinstalls the .deb with dpkg and apt-get
+    in a booted container (tests/systemd/package_lifecycle.py); returns what
+    it saw.  The container's /usr, /var and /etc are writable overlays of the
+    host's (the writes land in throw-away upper directories), and
+    /etc/systemd/system starts empty, so no host service boots with it."""
+    if os.geteuid() != 0:
+        pytest.skip("booting systemd in a container needs root")
+    _need("systemd-nspawn")
+    _, path, _, _ = deb
+    tmp = tmp_path_factory.mktemp("deb-lifecycle")
+    upper, out, check = tmp / "upper", tmp / "out", tmp / "check"
+    for d in (upper / "usr", upper / "var", upper / "etc", out, check):
+        d.mkdir(parents=True)
+    shutil.copy(path, check / "memcacheq.deb")
+    shutil.copy(LIFECYCLE, check / "lifecycle.py")
+    (check / "mcq-lifecycle.service").write_text(textwrap.dedent("""\
+        [Unit]
+        Description=memcacheq package life cycle
+        After=multi-user.target
+        SuccessAction=poweroff-force
+        FailureAction=poweroff-force
+
+        [Service]
+        Type=oneshot
+        ExecStart=/usr/bin/python3 /check/lifecycle.py /check/memcacheq.deb /out
+        TimeoutStartSec=150
+        """))
+    t = time.monotonic()
+    p = _run(["timeout", "--kill-after=10", "200", "systemd-nspawn", "-D", "/", "--volatile=yes",
+              "--register=no", "--keep-unit", "-M", "mcqlife-%d" % os.getpid(),
+              "--private-network",
+              "--overlay=/usr:%s:/usr" % (upper / "usr"),
+              "--overlay=/var:%s:/var" % (upper / "var"),
+              "--overlay=/etc:%s:/etc" % (upper / "etc"),
+              "--tmpfs=/etc/systemd/system",
+              "--bind-ro=%s:/etc/systemd/system/mcq-lifecycle.service"
+              % (check / "mcq-lifecycle.service"),
+              "--bind-ro=%s:/check" % check, "--bind=%s:/out" % out,
+              "--boot", "--console=pipe", "-q", "systemd.wants=mcq-lifecycle.service"],
+             timeout=240, check=False)
+    took = time.monotonic() - t
+    print("\npackaging: install/remove/purge in a container took %.1f s" % took)
+    shutil.rmtree(upper, ignore_errors=True)
+    if not (out / "lifecycle.json").exists():
+        pytest.fail("the life cycle did not run in the container (nspawn exit %d)\n%s\n%s"
+                    % (p.returncode, p.stdout[-4000:], p.stderr[-4000:]))
+    r = json.loads((out / "lifecycle.json").read_text())
+    r["transcript"] = (out / "lifecycle.log").read_text()
+    r["wall_seconds"] = took
+    return r
+
+
+def _lifecycle_ok(r):
+    assert not r["errors"], r["errors"][0] + r["transcript"][-4000:]
+    assert r["first_install"]["dpkg"] == 0, r["transcript"][-4000:]
+    assert r["wall_seconds"] < 120, r["wall_seconds"]
+
+
+@pytest.mark.slow
+def test_deb_first_install_is_clean(deb_lifecycle):
+    """The user exists before dbus-daemon reads the package's bus policy."""
+    r = deb_lifecycle
+    _lifecycle_ok(r)
+    assert r["user_before"] == 2, "the container already had a memcacheq user"
+    assert r["user_after"].startswith("memcacheq:"), r["user_after"]
+    assert r["first_install"]["units"] == {"memcacheq.socket": "active",
+                                           "memcacheq.service": "inactive"}, r["first_install"]
+    unknown = [l for l in r["journal_first_install"] if 'Unknown username "memcacheq"' in l]
+    assert not unknown, unknown
+
+
+@pytest.mark.slow
+def test_deb_remove_keeps_queues(deb_lifecycle):
+    r = deb_lifecycle
+    _lifecycle_ok(r)
+    assert r["stored"] == ["STORED\r\n"] * 3, r["stored"]
+    assert r["paths_running"] == {"private": True, "link": True, "rundir": True,
+                                  "unix_socket": True}, r["paths_running"]
+    up = r["upgrade"]
+    assert up["dpkg"] == 0 and up["units"]["memcacheq.socket"] == "active", up
+    assert up["stats_queue"] == "STAT keep 3/0\r\nEND\r\n", up
+    rm = r["remove"]
+    assert rm["apt"] == 0 and rm["status"] == "deinstall ok config-files", rm
+    assert rm["units"] == {"memcacheq.socket": "inactive", "memcacheq.service": "inactive"}, rm
+    # the data stays; the socket file goes with the socket unit
+    assert rm["paths"]["private"] and rm["paths"]["link"], rm["paths"]
+    assert not rm["paths"]["unix_socket"], rm["paths"]
+    again = r["reinstall_after_remove"]
+    assert again["dpkg"] == 0 and again["units"]["memcacheq.socket"] == "active", again
+    assert again["get"] == "VALUE keep 0 2\r\nm0\r\nEND\r\n", again
+
+
+@pytest.mark.slow
+def test_deb_purge_deletes_queues(deb_lifecycle):
+    r = deb_lifecycle
+    _lifecycle_ok(r)
+    pg = r["purge"]
+    assert pg["apt"] == 0 and pg["status"] != 0, pg      # dpkg-query: no longer known
+    assert pg["paths"] == {"private": False, "link": False, "rundir": False,
+                           "unix_socket": False}, pg["paths"]
+    again = r["reinstall_after_purge"]
+    assert again["dpkg"] == 0 and again["units"]["memcacheq.socket"] == "active", again
+    # a new, empty environment: the old queue and its counters are gone
+    assert again["get"] == "END\r\n", again
+    assert "keep" not in again["stats_queue"], again["stats_queue"]
+    assert again["set"] == "STORED\r\n" and again["get_fresh"] == "VALUE fresh 0 3\r\nnew\r\nEND\r\n"

@@ -259,3 +259,46 @@ def test_journal_has_daemon_lines_with_priorities(boot):
     assert all(e.get("_TRANSPORT") == "journal" for e in ready + stopped)
     assert all(e.get("_SYSTEMD_UNIT") == "memcacheq.service" for e in daemon)
     assert {"CODE_FILE", "CODE_FUNC"} <= set(ready[0])
+
+
+def test_socket_restart_while_service_runs(boot):
+    """Restarting the socket unit restarts the running service with it and
+    keeps the queues; the socket then outlives a stop of the service."""
+    r = step(boot, "socket_restart")
+    assert r["acked"] == 3 and r["service_before"] == "active"
+    assert r["restart_rc"] == 0, r["restart_stderr"]
+    assert r["socket_after_restart"] == "active", r
+    assert r["service_after_restart"] == "active", r
+    assert r["pid_after"] not in (0, r["pid_before"]), r
+    assert r["socket_after_service_stop"] == "active", r
+    assert r["service_after_service_stop"] == "inactive", r
+    # the next connection started the service again; no message lost
+    assert r["got"] == ["s0", "s1", "s2"], r
+    assert r["service_reactivated"] == "active", r
+
+
+def test_socket_stop_removes_unix_socket(boot):
+    r = step(boot, "socket_restart")
+    assert r["unix_socket_while_listening"], r
+    assert r["socket_after_socket_stop"] == "inactive", r
+    assert r["service_after_socket_stop"] == "inactive", r
+    assert not r["unix_socket_after_socket_stop"], "/run/memcacheq/memcacheq.sock outlived the stop"
+
+
+def test_debug_log_in_sandbox(boot):
+    """At -vv under the unit's sandbox nothing is refused to the daemon's
+    threads, and CODE_FILE names the daemon's sources from the project root."""
+    r = step(boot, "debug_log")
+    assert r["cmdline"] == ["/usr/bin/memcacheq", "-vv"], r["cmdline"]
+    assert r["set"] == "STORED" and r["get"] == "x"
+    assert r["bus_names"] == ["org.memcacheq.MemcacheQ1"], r["bus_names"]
+    entries = r["entries"]
+    debug = [e for e in entries if e.get("PRIORITY") == "7"]
+    assert debug, "no debug entries at -vv: %r" % entries[:5]
+    refused = [e["MESSAGE"] for e in entries
+               if "scheduler" in (e.get("MESSAGE") or "") or "not permitted" in (e.get("MESSAGE") or "")]
+    assert not refused, refused
+    ours = [e for e in entries if e.get("GLIB_DOMAIN") == "memcacheq"]
+    assert ours, entries[:5]
+    files = sorted({e.get("CODE_FILE") for e in ours})
+    assert all(f and f.startswith("src/") and f.endswith(".c") for f in files), files

@@ -409,6 +409,79 @@ def step_watchdog():
     return r
 
 
+def step_socket_restart():
+    """`systemctl restart memcacheq.socket` while the service runs restarts
+    both; afterwards the socket still listens when the service stops, and
+    stopping the socket removes the unix socket file."""
+    r = {}
+    run("systemctl", "start", SOCK, check=True)
+    with Client(ADDRS[0]) as c:
+        r["acked"] = sum(c.set("srq", b"s%d" % i) == b"STORED" for i in range(3))
+    pid = main_pid()
+    r["service_before"] = is_active(SVC)
+    p = run("systemctl", "restart", SOCK)
+    r["restart_rc"], r["restart_stderr"] = p.returncode, p.stderr.strip()
+    r["socket_after_restart"] = is_active(SOCK)
+    # systemctl waits for the socket's job; the service's start follows it
+    r["service_after_restart"] = wait_for(lambda: is_active(SVC) == "active" and "active", 10) \
+        or is_active(SVC)
+    r["pid_before"], r["pid_after"] = pid, main_pid()
+    got = []
+    try:
+        with Client(ADDRS[2]) as c:
+            got.append((c.get("srq") or b"").decode())
+    except (OSError, EOFError, ValueError) as e:
+        r["get_after_restart_error"] = repr(e)
+    run("systemctl", "stop", SVC)
+    r["socket_after_service_stop"] = is_active(SOCK)
+    r["service_after_service_stop"] = is_active(SVC)
+    try:
+        got += drain("srq", ADDRS[1])
+    except (OSError, EOFError, ValueError) as e:
+        r["drain_error"] = repr(e)
+    r["got"] = got
+    r["service_reactivated"] = is_active(SVC)
+    r["unix_socket_while_listening"] = os.path.exists(UNIX_PATH)
+    run("systemctl", "stop", SOCK)
+    r["socket_after_socket_stop"] = is_active(SOCK)
+    r["service_after_socket_stop"] = is_active(SVC)
+    r["unix_socket_after_socket_stop"] = os.path.exists(UNIX_PATH)
+    return r
+
+
+def step_debug_log():
+    """At -vv, in the unit's sandbox: what the daemon logs while it starts,
+    serves and joins the bus (message and CODE_FILE of each entry)."""
+    r = {}
+    with open("/etc/default/memcacheq", "w") as f:
+        f.write('MEMCACHEQ_OPTS="-vv"\n')
+    cursor = run("journalctl", "-n", "0", "--show-cursor", "--no-pager").stdout.strip().split("cursor: ")[-1]
+    run("systemctl", "start", SOCK, check=True)
+    with Client(ADDRS[0]) as c:
+        r["set"] = c.set("dbg", b"x").decode()
+        r["get"] = (c.get("dbg") or b"").decode()
+    r["cmdline"] = [a.decode() for a in
+                    open("/proc/%d/cmdline" % main_pid(), "rb").read().split(b"\0")[:-1]]
+    r["bus_names"] = wait_for(lambda: [l.split()[0] for l in run(
+        "busctl", "--system", "list", "--no-pager", "--no-legend").stdout.splitlines()
+        if l.startswith("org.memcacheq.")], 5, 0.2)
+    run("systemctl", "stop", SVC, check=True)
+    with open("/etc/default/memcacheq", "w") as f:
+        f.write('MEMCACHEQ_OPTS="-v"\n')
+    p = run("journalctl", "--after-cursor=" + cursor, "-u", SVC, "-o", "json", "--no-pager")
+    entries = []
+    for line in p.stdout.splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("_PID") != "1":
+            entries.append({k: e.get(k) for k in ("MESSAGE", "PRIORITY", "CODE_FILE",
+                                                   "GLIB_DOMAIN", "_TRANSPORT")})
+    r["entries"] = entries
+    return r
+
+
 def step_standalone():
     """With the socket unit masked the service still starts and listens on the
     daemon's own default, 127.0.0.1:22201 (and nothing else)."""
@@ -494,6 +567,7 @@ def step_journal():
 
 STEPS = [("units", step_units), ("activation", step_activation),
          ("restarts", step_restarts), ("watchdog", step_watchdog),
+         ("socket_restart", step_socket_restart), ("debug_log", step_debug_log),
          ("standalone", step_standalone), ("stop", step_stop), ("journal", step_journal)]
 
 
