@@ -362,13 +362,14 @@ write_fixes (Check *c)
       QRec *q = c->fixes->pdata[i];
       guint64 depth = get_be64 (q->rec + 12) - get_be64 (q->rec + 4);
       if (q->rebuilt)
-        g_warning (_("%" G_GUINT64_FORMAT " messages in messages.db belonged to no queue "
-                     "(queues.db had lost the record of queue id %u, and its name): they "
-                     "are now in queue %s"), q->added, get_be32 (q->rec), q->name);
+        g_warning (_("%llu messages in messages.db belonged to no queue (queues.db had lost "
+                     "the record of queue id %u, and its name): they are now in queue %s"),
+                   (unsigned long long) q->added, get_be32 (q->rec), q->name);
       else
-        g_warning (_("queue %s: %" G_GUINT64_FORMAT " messages in messages.db lay outside "
-                     "its record in queues.db (an older queues.db?): they are queued again; "
-                     "%" G_GUINT64_FORMAT " messages now queued"), q->name, q->added, depth);
+        g_warning (_("queue %s: %llu messages in messages.db lay outside its record in "
+                     "queues.db (an older queues.db?): they are queued again; %llu messages "
+                     "now queued"), q->name, (unsigned long long) q->added,
+                   (unsigned long long) depth);
     }
   return 0;
 }
@@ -394,10 +395,11 @@ mcq_store_audit_queues (DB_ENV *env, DB *queues, DB *messages, DB *purge, GError
   if (ok && c.missing > 0)
     {
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
-                   _("messages.db lacks %" G_GUINT64_FORMAT " of the %" G_GUINT64_FORMAT
-                     " messages that queues.db lists (queue %s among them): it was removed, "
-                     "replaced or damaged. Restore it from a backup, or move the home away "
-                     "to start empty"), c.missing, c.listed, c.missing_queue);
+                   _("messages.db lacks %llu of the %llu messages that queues.db lists "
+                     "(queue %s among them): it was removed, replaced or damaged. Restore it "
+                     "from a backup, or move the home away to start empty"),
+                   (unsigned long long) c.missing, (unsigned long long) c.listed,
+                   c.missing_queue);
       ok = FALSE;
     }
   if (ok && (ret = write_fixes (&c)) != 0)
