@@ -20,7 +20,6 @@
 /* A log record's header (with its checksum) is at most this long. */
 #define LOG_HEADER_MAX 28
 
-
 static const char *const db_files[] = { "queues.db", "messages.db", "purge.db" };
 
 struct _McqStoreMark {
@@ -196,13 +195,13 @@ log_end (const char *home)
   return end;
 }
 
-/* Page 0's LSN: the newest log record a database file's metadata has
- * seen.  FALSE for a file that is not a btree of this machine's byte
- * order: opening it will say what is wrong. */
+/* Page 0's LSN (the newest log record a database file's metadata has
+ * seen) and the file's page size.  FALSE for a file that is not a btree
+ * of this machine's byte order: opening it will say what is wrong. */
 static gboolean
-meta_lsn (const char *path, DB_LSN *lsn)
+read_meta (const char *path, DB_LSN *lsn, guint32 *page_size)
 {
-  guint8 page[16];
+  guint8 page[24];
   guint32 magic;
   int fd = open (path, O_RDONLY | O_CLOEXEC);
   gboolean ok;
@@ -213,7 +212,15 @@ meta_lsn (const char *path, DB_LSN *lsn)
   close (fd);
   memcpy (lsn, page, sizeof *lsn);
   memcpy (&magic, page + 12, sizeof magic);
+  memcpy (page_size, page + 20, sizeof *page_size);
   return ok && magic == DB_BTREEMAGIC;
+}
+
+static gboolean
+meta_lsn (const char *path, DB_LSN *lsn)
+{
+  guint32 page_size;
+  return read_meta (path, lsn, &page_size);
 }
 
 static guint
@@ -264,17 +271,23 @@ start_new_log (const char *home, GError **error)
   return ret == 0;
 }
 
-/* A database file of 0 bytes: nothing in it can be recovered. */
+/* A database file of 0 bytes, or shorter than its first page: recovery
+ * cannot use it. */
 static gboolean
-refuse_empty (const char *file, GError **error)
+refuse_short (const char *file, guint64 size, GError **error)
 {
   const char *todo = strcmp (file, "messages.db") == 0
     ? _("restore it from a backup, or move the home away to start empty")
     : strcmp (file, "queues.db") == 0
     ? _("restore it from a backup, or delete it to rebuild the queues from messages.db")
     : _("restore it from a backup, or delete it (deleted queues not yet purged then come back)");
-  g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
-               _("%s is empty (0 bytes): %s"), file, todo);
+  if (size == 0)
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                 _("%s is empty (0 bytes): %s"), file, todo);
+  else
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                 _("%s is cut short (%llu bytes, less than its first page): %s"), file,
+                 (unsigned long long) size, todo);
   return FALSE;
 }
 
@@ -300,8 +313,8 @@ log_lost (const char *home, const State *st, const char *what, const char *todo,
   return FALSE;
 }
 
-/* The database files: FALSE (refused) if one is empty; *any_db tells
- * whether there is a store at all. */
+/* The database files: FALSE (refused) if one is empty or shorter than a
+ * page; *any_db tells whether there is a store at all. */
 static gboolean
 check_db_files (const char *home, const State *st, gboolean *any_db, GError **error)
 {
@@ -309,7 +322,9 @@ check_db_files (const char *home, const State *st, gboolean *any_db, GError **er
   for (guint i = 0; i < G_N_ELEMENTS (db_files); i++)
     {
       g_autofree char *path = g_build_filename (home, db_files[i], NULL);
+      guint32 page_size = 0;
       GStatBuf sb;
+      DB_LSN lsn;
 
       if (g_stat (path, &sb) != 0)
         {
@@ -318,8 +333,9 @@ check_db_files (const char *home, const State *st, gboolean *any_db, GError **er
                          "they reach, then checked"), db_files[i], home);
           continue;
         }
-      if (sb.st_size == 0)
-        return refuse_empty (db_files[i], error);
+      if (sb.st_size == 0 ||
+          (read_meta (path, &lsn, &page_size) && (guint64) sb.st_size < page_size))
+        return refuse_short (db_files[i], (guint64) sb.st_size, error);
       *any_db = TRUE;
     }
   return TRUE;

@@ -81,19 +81,22 @@ def test_older_queues_db_is_widened_to_every_message(make_daemon, tmp_path):
         assert c.drain("tq", 1000) == BODIES[1:200] + [b"last"]
 
 
-@pytest.mark.parametrize("how", ["removed", "emptied"])
+@pytest.mark.parametrize("how", ["removed", "emptied", "cut"])
 def test_messages_db_lost_refuses(make_daemon, tmp_path, how):
     home = tmp_path / "home"
     d = fill(make_daemon, home)
+    path = home / "messages.db"
     if how == "removed":
-        (home / "messages.db").unlink()
+        path.unlink()
     else:
-        (home / "messages.db").write_bytes(b"")
+        path.write_bytes(path.read_bytes()[:0 if how == "emptied" else 1000])
     line = refused(d)
     if how == "removed":
         assert "messages.db lacks 300 of the 300 messages that queues.db lists" in line, line
-    else:
+    elif how == "emptied":
         assert "messages.db is empty (0 bytes)" in line, line
+    else:
+        assert "messages.db is cut short (1000 bytes, less than its first page)" in line, line
     assert "Restore it from a backup" in line or "restore it from a backup" in line, line
 
 
