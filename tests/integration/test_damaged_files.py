@@ -2,6 +2,7 @@
 line naming the file and what to do (exit 1), or recovers and warns with what
 it found; it never starts on less than it had without saying so."""
 
+import os
 import shutil
 
 import pytest
@@ -146,3 +147,34 @@ def test_log_cut_after_kill_refuses(make_daemon, tmp_path, args):
     with d.client() as c:
         enq, deq = c.queue_counters().get("tq", (0, 0))
         assert c.drain("tq", 1000) == BODIES[:enq]
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["stopped", "killed"])
+def test_home_of_an_older_memcacheq_opens_unchanged(make_daemon, tmp_path, kill):
+    """A home without memcacheq.state, as older memcacheq versions leave it
+    (MEMCACHEQ_BASE_BIN, if set, names such a binary to make it with), opens
+    with every message and counter and no warning about its files."""
+    home = tmp_path / "home"
+    maker = make_daemon([], home=home, start=False)
+    maker.binary = os.environ.get("MEMCACHEQ_BASE_BIN", maker.binary)
+    maker.start()
+    with maker.client() as c:
+        c.send(b"".join(b"set %s 0 0 7\r\n%s%05d\r\n" % (q, q, i)
+                        for q in (b"qa", b"qb", b"qc") for i in range(200)))
+        assert c.read_exact(8 * 600) == b"STORED\r\n" * 600
+        for i in range(37):
+            assert c.get("qa") == b"qa%05d" % i
+        assert c.cmd(b"delete qc\r\n") == b"DELETED\r\n"
+    if kill:
+        maker.kill9()
+    else:
+        assert maker.stop() == 0
+    (home / "memcacheq.state").unlink(missing_ok=True)
+    d = make_daemon([], home=home, start=False)
+    err = serves(d)
+    assert "missing" not in err and "messages.db" not in err, err
+    with d.client() as c:
+        assert c.queue_counters() == {"qa": (200, 37), "qb": (200, 0)}
+        assert c.drain("qa", 1000) == [b"qa%05d" % i for i in range(37, 200)]
+        assert c.drain("qb", 1000) == [b"qb%05d" % i for i in range(200)]
+    assert d.stop() == 0
