@@ -19,6 +19,8 @@
 #define STATE_FORMAT "memcacheq-state 1 clean=%d log=%010u/%010u\n"
 /* A log record's header (with its checksum) is at most this long. */
 #define LOG_HEADER_MAX 28
+/* The header that opens each log file is at most this long. */
+#define LOG_FILE_HEADER_MAX 64
 
 static const char *const db_files[] = { "queues.db", "messages.db", "purge.db" };
 
@@ -341,13 +343,23 @@ check_db_files (const char *home, const State *st, gboolean *any_db, GError **er
   return TRUE;
 }
 
+/* The log ends before `mark`.  A mark just past the header of the next log
+ * file (no record in it yet) asks for nothing the log lacks. */
+static gboolean
+log_short (const DB_LSN *end, const DB_LSN *mark)
+{
+  if (mark->file == end->file + 1 && mark->offset <= LOG_FILE_HEADER_MAX)
+    return FALSE;
+  return log_compare (end, mark) < 0;
+}
+
 /* The log against the mark, and against each database file's metadata. */
 static gboolean
 check_log (const char *home, const State *st, GError **error)
 {
   DB_LSN end = log_end (home);
 
-  if (st->present && log_compare (&end, &st->log) < 0)
+  if (st->present && log_short (&end, &st->log))
     {
       g_autofree char *what = g_strdup_printf (
           _("the log ends at log.%010u offset %u, before log.%010u offset %u, which was on "
