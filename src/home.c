@@ -1,7 +1,9 @@
 /* home.c — preparing and locking the BDB home directory.
  * Berkeley DB lets several processes share an environment; memcacheq opens
  * it privately and runs recovery at start, so exactly one may use a home:
- * an flock() on <home>/memcacheq.lock enforces that. */
+ * an flock() on the home directory itself enforces that (a file in it could
+ * be deleted under a running daemon); <home>/memcacheq.lock, also locked,
+ * names the pid holding it. */
 #include "home.h"
 
 #include <errno.h>
@@ -19,6 +21,7 @@
 
 struct _McqHome {
   char *path;
+  int dir_fd;                  /* the home itself, flock()ed */
   int lock_fd;
 };
 
@@ -31,13 +34,32 @@ fail_errno (GError **error, int err, const char *what, const char *path)
   return FALSE;
 }
 
+/* The home is held by another process: names it by the pid in its lock
+ * file, when that file is still there. */
+static McqHome *
+in_use (GError **error, const char *path, const char *lock_path)
+{
+  g_autofree char *pid = NULL;
+
+  if (g_file_get_contents (lock_path, &pid, NULL, NULL))
+    g_strstrip (pid);
+  if (pid != NULL && *pid != '\0')
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_BUSY,
+                 _("the home directory %s is already in use by another memcacheq (pid %s)"),
+                 path, pid);
+  else
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_BUSY,
+                 _("the home directory %s is already in use by another memcacheq"), path);
+  return NULL;
+}
+
 McqHome *
 mcq_home_acquire (const char *path, GError **error)
 {
   g_autofree char *lock_path = g_build_filename (path, LOCK_NAME, NULL);
   struct stat st;
   McqHome *home;
-  int fd;
+  int dir_fd, fd;
 
   if (g_mkdir_with_parents (path, 0750) != 0)
     {
@@ -61,30 +83,35 @@ mcq_home_acquire (const char *path, GError **error)
       return NULL;
     }
 
+  dir_fd = open (path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0)
+    {
+      fail_errno (error, errno, _("cannot use the home directory"), path);
+      return NULL;
+    }
+  /* A file system without flock on directories leaves only the lock file. */
+  if (flock (dir_fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK)
+    {
+      close (dir_fd);
+      return in_use (error, path, lock_path);
+    }
   fd = open (lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
   if (fd < 0)
     {
       fail_errno (error, errno, _("cannot create the lock file"), lock_path);
+      close (dir_fd);
       return NULL;
     }
   if (flock (fd, LOCK_EX | LOCK_NB) != 0)
     {
-      char buf[32] = { 0 };
-      ssize_t n = pread (fd, buf, sizeof buf - 1, 0);
-      g_strstrip (buf);
       close (fd);
-      if (n > 0)
-        g_set_error (error, G_IO_ERROR, G_IO_ERROR_BUSY,
-                     _("the home directory %s is already in use by another memcacheq (pid %s)"),
-                     path, buf);
-      else
-        g_set_error (error, G_IO_ERROR, G_IO_ERROR_BUSY,
-                     _("the home directory %s is already in use by another memcacheq"), path);
-      return NULL;
+      close (dir_fd);
+      return in_use (error, path, lock_path);
     }
 
   home = g_new0 (McqHome, 1);
   home->path = g_strdup (path);
+  home->dir_fd = dir_fd;
   home->lock_fd = fd;
   mcq_home_write_pid (home);
   return home;
@@ -108,6 +135,7 @@ mcq_home_release (McqHome *home)
   if (ftruncate (home->lock_fd, 0) != 0)
     g_debug ("could not clear the lock file");
   close (home->lock_fd);
+  close (home->dir_fd);
   g_free (home->path);
   g_free (home);
 }

@@ -6,6 +6,8 @@
 #include <glib/gstdio.h>
 #include "store.h"
 #include "placement.h"
+#include "store-audit.h"
+#include "store-check.h"
 
 #include <db.h>
 #include <errno.h>
@@ -170,6 +172,7 @@ struct _McqStore {
   guint64 space_debt_at;       /*   and the debt then */
   gint64 compact_checked_at;   /* main thread: see compact_if_mostly_free */
   gint64 compacted_at;
+  McqStoreMark *mark;          /* memcacheq.state: see store-check.h */
   GMutex ckp_lock;             /* one checkpoint (and log_debt settlement) at a time */
   GMutex debt_lock;            /* with debt_cond: writers waiting for a checkpoint */
   GCond debt_cond;
@@ -646,6 +649,11 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
   s->next_id = 1;
   s->owner = g_thread_self ();
 
+  if (!mcq_store_check_files (s->cfg.home, error))
+    {
+      g_free (s->cfg.home);
+      return NULL;
+    }
   if ((ret = db_env_create (&env, 0)) != 0)
     {
       db_fail (ret, error, "creating the Berkeley DB environment");
@@ -714,6 +722,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
   if (!open_db (s, &s->queues_db, "queues.db", error) ||
       !open_db (s, &s->messages_db, "messages.db", error) ||
       !open_db (s, &s->purge_db, "purge.db", error) ||
+      !mcq_store_audit_queues (env, s->queues_db, s->messages_db, s->purge_db, error) ||
       !load_queues (s, error))
     {
       if (s->purge_db)
@@ -738,6 +747,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
     s->page_size = page_size;
   }
   reserve_pages (s);
+  s->mark = mcq_store_mark_open (s->cfg.home, env);
   s->outbox_tail = &s->outbox;
   s->flusher = g_source_new (&flusher_funcs, sizeof (GSource) + sizeof (McqStore *));
   *(McqStore **) (s->flusher + 1) = s;
@@ -1480,6 +1490,7 @@ checkpoint (McqStore *s, GError **error)
   int ret = s->env->txn_checkpoint (s->env, 0, 0, 0);
   if (ret != 0)
     return db_fail (ret, error, "checkpoint");
+  mcq_store_mark_log (s->mark, s->env);
   return TRUE;
 }
 
@@ -2162,6 +2173,8 @@ sync_thread (gpointer data)
       ret = s->env->log_flush (s->env, NULL);
       if (ret != 0)
         g_warning ("flushing the log: %s", db_strerror (ret));
+      else
+        mcq_store_mark_log (s->mark, s->env);
       for (guint i = 0; i < group->len; i++)
         {
           c = group->pdata[i];
@@ -2289,8 +2302,12 @@ mcq_store_close (McqStore *s)
 
   if (!s->cfg.no_sync)
     s->env->log_flush (s->env, NULL);
-  if (!checkpoint (s, &err))
-    g_warning ("%s", err->message);
+  {
+    gboolean clean = checkpoint (s, &err);
+    if (!clean)
+      g_warning ("%s", err->message);
+    mcq_store_mark_close (s->mark, s->env, clean);
+  }
   s->purge_db->close (s->purge_db, 0);
   s->messages_db->close (s->messages_db, 0);
   s->queues_db->close (s->queues_db, 0);

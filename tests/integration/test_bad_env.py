@@ -205,3 +205,27 @@ def test_second_daemon_on_same_home_refuses(make_daemon, tmp_path):
     with first.client() as c:
         assert c.get("shared") == b"one"
     assert first.stop(signal.SIGTERM) == 0
+
+
+def test_second_daemon_refuses_after_lock_file_deleted(make_daemon, tmp_path):
+    """The exclusion holds even when memcacheq.lock is deleted under a running
+    daemon: the second one still refuses, and the first keeps every message."""
+    home = tmp_path / "home"
+    first = make_daemon([], home=home)
+    with first.client() as c:
+        c.send(b"".join(b"set shared 0 0 4\r\nm%03d\r\n" % i for i in range(200)))
+        assert c.read_exact(8 * 200) == b"STORED\r\n" * 200
+    (home / "memcacheq.lock").unlink()
+    second = make_daemon([], home=home, start=False)
+    kind, rc, err = outcome(second)
+    assert kind == "exit" and rc == 1, (kind, rc, err[-2000:])
+    line = last_line(err)
+    assert "already in use" in line and str(home) in line, line
+    with first.client() as c:
+        assert c.set("shared", b"last") == b"STORED\r\n"
+        bodies = c.drain("shared", 1000)
+    assert bodies == [b"m%03d" % i for i in range(200)] + [b"last"]
+    assert first.stop(signal.SIGTERM) == 0
+    first.start()
+    with first.client() as c:
+        assert c.queue_counters()["shared"] == (201, 201)
