@@ -218,6 +218,46 @@ mcq_quarantine_count (McqQuarantine *qr)
   return __atomic_load_n (&qr->count, __ATOMIC_RELAXED);
 }
 
+/* Steps from where the cursor is (ret: how it got there) with `step`,
+ * comparing each key with the one wanted. */
+static int
+walk (DBC *cur, DBT *k, DBT *d, int ret, u_int32_t step, const guint8 *key, size_t len)
+{
+  for (int i = 0; i < MCQ_SEEK_SPAN && ret == 0; i++)
+    {
+      if (k->size == len && memcmp (k->data, key, len) == 0)
+        return 0;
+      ret = cur->get (cur, k, d, step);
+    }
+  return ret == 0 || ret == DB_BUFFER_SMALL ? DB_NOTFOUND : ret;
+}
+
+int
+mcq_quarantine_seek (DBC *cur, const guint8 *key, size_t len)
+{
+  guint8 buf[64];
+  DBT k, d;
+  int ret;
+
+  g_return_val_if_fail (len <= sizeof buf, EINVAL);
+  for (int back = 0; back < 2; back++)
+    {
+      memcpy (buf, key, len);
+      dbt (&k, buf, len);
+      k.ulen = sizeof buf;
+      k.flags = DB_DBT_USERMEM;
+      dbt (&d, NULL, 0);
+      d.flags = DB_DBT_USERMEM | DB_DBT_PARTIAL;   /* keys only */
+      ret = cur->get (cur, &k, &d, DB_SET_RANGE);
+      if (back && ret == DB_NOTFOUND)
+        ret = cur->get (cur, &k, &d, DB_LAST);
+      ret = walk (cur, &k, &d, ret, back ? DB_PREV : DB_NEXT, key, len);
+      if (ret != DB_NOTFOUND)
+        return ret;
+    }
+  return DB_NOTFOUND;
+}
+
 void
 mcq_quarantine_close (McqQuarantine *qr)
 {

@@ -48,4 +48,12 @@ extern const char mcq_why_page_missing[];
 /* Damaged or missing messages skipped since the store opened.  Any thread. */
 guint64 mcq_quarantine_count (McqQuarantine *qr);
 
+/* Looks for the record under key (len bytes) item by item around where
+ * the cursor's search for it lands, up to MCQ_SEEK_SPAN items each way:
+ * a damaged key on a page can misdirect Berkeley DB's binary search past
+ * records that are there.  0 with the cursor on it, else DB_NOTFOUND (or
+ * another Berkeley DB error). */
+#define MCQ_SEEK_SPAN 256
+int mcq_quarantine_seek (DBC *cursor, const guint8 *key, size_t len);
+
 void mcq_quarantine_close (McqQuarantine *qr);

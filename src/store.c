@@ -1250,10 +1250,11 @@ seg_set (McqStore *s, McqOp *op)
   return TRUE;
 }
 
-/* Reads the record under the segment's cursor at key k (DB_SET) into
- * values, after what is there, growing it if the record does not fit. */
+/* Reads the record under the segment's cursor at key k (how: DB_SET, or
+ * DB_CURRENT where the cursor already is) into values, after what is
+ * there, growing it if the record does not fit. */
 static int
-read_into (McqStore *s, DBT *k, GByteArray *values, guint start)
+read_into (McqStore *s, DBT *k, GByteArray *values, guint start, u_int32_t how)
 {
   guint room = 4096;
   DBT v;
@@ -1265,7 +1266,7 @@ read_into (McqStore *s, DBT *k, GByteArray *values, guint start)
       dbt_init (&v, values->data + start, 0);
       v.ulen = room;
       v.flags = DB_DBT_USERMEM;
-      ret = s->seg_cursor->get (s->seg_cursor, k, &v, DB_SET);
+      ret = s->seg_cursor->get (s->seg_cursor, k, &v, how);
       if (ret != DB_BUFFER_SMALL)
         break;
       room = v.size;            /* a big message: one more search */
@@ -1331,7 +1332,13 @@ read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view)
 
       encode_msg_key (q->id, q->head, key);
       dbt_init (&k, key, sizeof key);
-      ret = read_into (s, &k, op->values, start);
+      ret = read_into (s, &k, op->values, start, DB_SET);
+      if (ret == DB_NOTFOUND && mcq_quarantine_seek (s->seg_cursor, key, sizeof key) == 0)
+        {
+          k.ulen = sizeof key;
+          k.flags = DB_DBT_USERMEM;
+          ret = read_into (s, &k, op->values, start, DB_CURRENT);
+        }
       if (ret == 0)
         {
           const guint8 *rec = op->values->data + start;

@@ -5,6 +5,8 @@ and set aside, and every sound message behind it is still delivered, in order.""
 import random
 import re
 import struct
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +96,104 @@ def test_flipped_bytes_are_never_delivered(make_daemon, nflips):
         assert c.get(QUEUE) is None
         assert int(c.stats()["damaged_messages"]) == 0
     assert "holds %d damaged message records set aside" % nflips in d.stderr()
+
+
+# Key bytes: queue id (0-3), sequence (4-11).  Seq k becoming k + 1 keeps the page in
+# order; id 1 becoming 0 does not, and misleads searches for the keys near it.
+@pytest.mark.parametrize("byte", [11, 3], ids=["seq-to-next", "id-out-of-order"])
+def test_changed_key_is_passed_over(make_daemon, byte):
+    """A record whose key changed is missing from its queue: the queue passes over it,
+    and the messages around it are still found."""
+    d = make_daemon(["-N"])
+    bodies = make_bodies(COUNT, 7)
+    with d.client() as c:
+        fill(c, QUEUE, bodies)
+    stopped_cleanly(d)
+    path = d.home / "messages.db"
+    data = bytearray(path.read_bytes())
+    first = page_size(data)
+    # Queue id 1; its key k turned into k + 1's (order on the page is kept).
+    key = lambda seq: struct.pack(">IQ", 1, seq)
+    k = next(seq for seq in range(100, COUNT - 1, 2)
+             if data.count(key(seq)) == 1 and data.find(key(seq)) >= first)
+    data[data.find(key(k)) + byte] ^= 1
+    path.write_bytes(bytes(data))
+
+    d.start()
+    with d.client() as c:
+        assert c.drain(QUEUE, COUNT) == bodies[:k] + bodies[k + 1:]
+        assert int(c.stats()["damaged_messages"]) == 1
+        assert c.queue_counters() == {QUEUE: (COUNT, COUNT)}
+    assert damage_lines(d, QUEUE) == [k], d.stderr()
+    assert "message %d is damaged (missing from messages.db)" % k in d.stderr()
+
+
+BASE_STORE = Path(__file__).parent / "data" / "base-store.tar.gz"
+
+
+def legacy_body(q, i):
+    return b"legacy-%s-%03d-" % (q, i) + b"xyz" * (i % 17)
+
+
+def test_store_of_the_previous_version(make_daemon, tmp_path):
+    """A store written by the previous version (records without checksums; made with
+    make_base_store below) keeps every message and counter, and the messages added
+    since are checked."""
+    home = tmp_path / "base"
+    home.mkdir(mode=0o700)
+    with tarfile.open(BASE_STORE) as tar:
+        tar.extractall(home)
+    d = make_daemon(["-N"], home=home)
+    with d.client() as c:
+        assert c.queue_counters() == {"a": (60, 10), "b": (30, 0), "e": (5, 5)}
+        for i in range(10, 15):
+            c.send(b"get a\r\n")
+            assert c.read_values() == [("a", i, legacy_body(b"a", i))]
+        new = [b"new-b-%02d-" % i + b"q" * i for i in range(10)]
+        fill(c, "b", new)
+    stopped_cleanly(d)
+    # Damage one of the new messages.
+    path = home / "messages.db"
+    data = bytearray(path.read_bytes())
+    assert data.count(new[3]) == 1
+    data[data.find(new[3]) + 4] ^= 0x20
+    path.write_bytes(bytes(data))
+
+    d.start()
+    with d.client() as c:       # opened (it listens before the store is open)
+        assert c.queue_counters() == {"a": (60, 15), "b": (40, 0), "e": (5, 5)}
+    d.restart()                 # twice: the old records stay readable
+    with d.client() as c:
+        c.send(b"get a\r\n" * 45)
+        got = [c.read_values() for _ in range(45)]
+        assert got == [[("a", i, legacy_body(b"a", i))] for i in range(15, 60)]
+        assert c.get("a") is None
+        assert c.drain("b", 40) == [legacy_body(b"b", i) for i in range(30)] + new[:3] + new[4:]
+        assert int(c.stats()["damaged_messages"]) == 1
+        assert c.queue_counters() == {"a": (60, 60), "b": (40, 40), "e": (5, 5)}
+    assert damage_lines(d, "b") == [33], d.stderr()
+
+
+def make_base_store(binary, home):
+    """How data/base-store.tar.gz was made (with the previous version's binary):
+    python3 test_damaged_records.py BINARY HOME, then tar the home's files."""
+    import subprocess
+    from conftest import Daemon
+    d = Daemon(binary, home)
+    d.start()
+    with d.client() as c:
+        for q, n, flags in ((b"a", 60, None), (b"b", 30, 7)):
+            for i in range(n):
+                assert c.set(q, legacy_body(q, i), flags=i if flags is None else flags) == b"STORED\r\n"
+        fill(c, "e", [b"e%d" % i for i in range(5)])
+        fill(c, "gone", [b"g%d" % i for i in range(20)])
+        assert c.drain("e", 5) == [b"e%d" % i for i in range(5)]
+        for i in range(10):
+            assert c.get("a") == legacy_body(b"a", i)
+        assert c.cmd(b"delete gone\r\n") == b"DELETED\r\n"
+    assert d.stop() == 0
+
+
+if __name__ == "__main__":
+    import sys
+    make_base_store(sys.argv[1], sys.argv[2])
