@@ -218,6 +218,18 @@ mcq_quarantine_count (McqQuarantine *qr)
   return __atomic_load_n (&qr->count, __ATOMIC_RELAXED);
 }
 
+void
+mcq_quarantine_note_error (int ret)
+{
+  static gint told = 0;
+
+  if (ret == DB_RUNRECOVERY && g_atomic_int_compare_and_exchange (&told, 0, 1))
+    g_warning (_("Berkeley DB has stopped the environment (DB_RUNRECOVERY), as a damaged page in "
+                 "a database file makes it do: every request fails until memcacheq is restarted; "
+                 "if it happens again after a restart, salvage the home (see “Damaged messages” "
+                 "in memcacheq(8))"));
+}
+
 /* Steps from where the cursor is (ret: how it got there) with `step`,
  * comparing each key with the one wanted. */
 static int

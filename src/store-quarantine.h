@@ -48,6 +48,12 @@ extern const char mcq_why_page_missing[];
 /* Damaged or missing messages skipped since the store opened.  Any thread. */
 guint64 mcq_quarantine_count (McqQuarantine *qr);
 
+/* Called with every Berkeley DB error the store reports: the first
+ * DB_RUNRECOVERY (Berkeley DB has stopped the environment, as a damaged
+ * page makes it do) gets one warning saying what it means and what to
+ * do.  Any thread. */
+void mcq_quarantine_note_error (int ret);
+
 /* Looks for the record under key (len bytes) item by item around where
  * the cursor's search for it lands, up to MCQ_SEEK_SPAN items each way:
  * a damaged key on a page can misdirect Berkeley DB's binary search past

@@ -269,6 +269,7 @@ static gboolean
 db_fail (int ret, GError **error, const char *what)
 {
   int code = G_IO_ERROR_FAILED;
+  mcq_quarantine_note_error (ret);
   if (ret == ENOSPC || ret == EDQUOT)
     code = G_IO_ERROR_NO_SPACE;
   else if (ret == EACCES || ret == EPERM || ret == EROFS)
@@ -631,6 +632,7 @@ fail:
   if (txn != NULL)
     txn->abort (txn);
   g_warning ("reserving free pages in messages.db: %s", db_strerror (ret));
+  mcq_quarantine_note_error (ret);
 }
 
 /* Opens integrity.db; on the first start after an older version, notes in

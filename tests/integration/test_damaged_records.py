@@ -128,6 +128,29 @@ def test_changed_key_is_passed_over(make_daemon, byte):
     assert "message %d is damaged (missing from messages.db)" % k in d.stderr()
 
 
+def test_environment_stopped_by_berkeley_db_is_explained(make_daemon):
+    """Damage Berkeley DB itself gives up on (a free-list page of another type): one
+    warning says what it means and points at the salvage procedure."""
+    d = make_daemon(["-N"])
+    with d.client() as c:
+        fill(c, QUEUE, [b"x"] * 10)
+    stopped_cleanly(d)
+    path = d.home / "messages.db"
+    data = bytearray(path.read_bytes())
+    size = page_size(data)
+    free, = struct.unpack_from("<I", data, 28)           # the metadata's free-list head
+    assert free != 0
+    data[free * size + 25] = 99                           # that page's type
+    path.write_bytes(bytes(data))
+
+    d.start()
+    with d.client() as c:
+        assert c.set(QUEUE, b"y").startswith(b"SERVER_ERROR ")
+    text = d.stderr()
+    assert text.count("Berkeley DB has stopped the environment (DB_RUNRECOVERY)") == 1, text
+    assert "salvage the home (see “Damaged messages” in memcacheq(8))" in text
+
+
 BASE_STORE = Path(__file__).parent / "data" / "base-store.tar.gz"
 
 
