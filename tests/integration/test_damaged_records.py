@@ -98,6 +98,30 @@ def test_flipped_bytes_are_never_delivered(make_daemon, nflips):
     assert "holds %d damaged message records set aside" % nflips in d.stderr()
 
 
+def test_damage_is_on_the_bus(make_daemon):
+    """DamagedMessages on the daemon object counts what stats damaged_messages counts."""
+    from test_dbus import DAEMON_IFACE, ROOT_PATH, PrivateBus, wait_until
+    bus = PrivateBus()
+    try:
+        d = make_daemon(["-N"], env={"DBUS_SYSTEM_BUS_ADDRESS": bus.address})
+        bus.wait_name()
+        assert bus.get_all(ROOT_PATH, DAEMON_IFACE)["DamagedMessages"] == 0
+        bodies = make_bodies(100, 3)
+        with d.client() as c:
+            fill(c, QUEUE, bodies)
+        stopped_cleanly(d)
+        damaged = flip_records(d.home / "messages.db", bodies, 3, seed=3)
+        d.start()
+        bus.wait_name()
+        with d.client() as c:
+            assert c.drain(QUEUE, 100) == [b for i, b in enumerate(bodies) if i not in damaged]
+            assert int(c.stats()["damaged_messages"]) == 3
+        wait_until(lambda: bus.get_all(ROOT_PATH, DAEMON_IFACE)["DamagedMessages"] == 3,
+                   what="DamagedMessages == 3")
+    finally:
+        bus.close()
+
+
 # Key bytes: queue id (0-3), sequence (4-11).  Seq k becoming k + 1 keeps the page in
 # order; id 1 becoming 0 does not, and misleads searches for the keys near it.
 @pytest.mark.parametrize("byte", [11, 3], ids=["seq-to-next", "id-out-of-order"])
