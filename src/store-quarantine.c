@@ -205,11 +205,17 @@ mcq_quarantine_put (McqQuarantine *qr, DB_TXN *txn, const char *queue, guint32 i
 }
 
 void
-mcq_quarantine_report (McqQuarantine *qr, const char *queue, guint64 seq, const char *why)
+mcq_quarantine_report (McqQuarantine *qr, const char *queue, guint64 first, guint64 last,
+                       const char *why)
 {
-  __atomic_add_fetch (&qr->count, 1, __ATOMIC_RELAXED);
-  g_warning (_("queue “%s”: message %llu is damaged (%s); skipped, "
-               "the queue goes on with the next one"), queue, (unsigned long long) seq, _(why));
+  __atomic_add_fetch (&qr->count, last - first + 1, __ATOMIC_RELAXED);
+  if (first == last)
+    g_warning (_("queue “%s”: message %llu is damaged (%s); skipped, "
+                 "the queue goes on with the next one"), queue, (unsigned long long) first, _(why));
+  else
+    g_warning (_("queue “%s”: messages %llu to %llu are damaged (%s); skipped, "
+                 "the queue goes on with the next one"), queue, (unsigned long long) first,
+               (unsigned long long) last, _(why));
 }
 
 guint64
@@ -231,31 +237,42 @@ mcq_quarantine_note_error (int ret)
 }
 
 /* Steps from where the cursor is (ret: how it got there) with `step`,
- * comparing each key with the one wanted. */
+ * comparing each key with the one wanted and noting in *next the lowest
+ * later sequence number of the same queue. */
 static int
-walk (DBC *cur, DBT *k, DBT *d, int ret, u_int32_t step, const guint8 *key, size_t len)
+walk (DBC *cur, DBT *k, DBT *d, int ret, u_int32_t step, const guint8 *key, guint64 *next)
 {
+  guint64 seq = read64 (key + 4);
+
   for (int i = 0; i < MCQ_SEEK_SPAN && ret == 0; i++)
     {
-      if (k->size == len && memcmp (k->data, key, len) == 0)
+      if (k->size == 12 && memcmp (k->data, key, 12) == 0)
         return 0;
+      if (k->size == 12 && memcmp (k->data, key, 4) == 0)
+        {
+          guint64 s = read64 ((const guint8 *) k->data + 4);
+          if (s > seq && s < *next)
+            *next = s;
+        }
       ret = cur->get (cur, k, d, step);
     }
   return ret == 0 || ret == DB_BUFFER_SMALL ? DB_NOTFOUND : ret;
 }
 
 int
-mcq_quarantine_seek (DBC *cur, const guint8 *key, size_t len)
+mcq_quarantine_seek (DBC *cur, guint32 id, guint64 seq, guint64 *next)
 {
-  guint8 buf[64];
+  guint8 key[12], buf[64];
   DBT k, d;
   int ret;
 
-  g_return_val_if_fail (len <= sizeof buf, EINVAL);
+  be32 (key, id);
+  be64 (key + 4, seq);
+  *next = G_MAXUINT64;
   for (int back = 0; back < 2; back++)
     {
-      memcpy (buf, key, len);
-      dbt (&k, buf, len);
+      memcpy (buf, key, sizeof key);
+      dbt (&k, buf, sizeof key);
       k.ulen = sizeof buf;
       k.flags = DB_DBT_USERMEM;
       dbt (&d, NULL, 0);
@@ -263,7 +280,7 @@ mcq_quarantine_seek (DBC *cur, const guint8 *key, size_t len)
       ret = cur->get (cur, &k, &d, DB_SET_RANGE);
       if (back && ret == DB_NOTFOUND)
         ret = cur->get (cur, &k, &d, DB_LAST);
-      ret = walk (cur, &k, &d, ret, back ? DB_PREV : DB_NEXT, key, len);
+      ret = walk (cur, &k, &d, ret, back ? DB_PREV : DB_NEXT, key, next);
       if (ret != DB_NOTFOUND)
         return ret;
     }

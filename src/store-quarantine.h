@@ -36,9 +36,10 @@ gboolean mcq_quarantine_legacy_ok (McqQuarantine *qr, guint32 id, guint64 seq);
 int mcq_quarantine_put (McqQuarantine *qr, DB_TXN *txn, const char *queue, guint32 id,
                         guint64 seq, const guint8 *rec, size_t len, const char *why);
 
-/* Counts one damaged or missing message and logs a warning naming the
- * queue, the sequence number and why. */
-void mcq_quarantine_report (McqQuarantine *qr, const char *queue, guint64 seq, const char *why);
+/* Counts the damaged or missing messages first..last of queue and logs
+ * a warning naming the queue, the sequence numbers and why. */
+void mcq_quarantine_report (McqQuarantine *qr, const char *queue, guint64 first, guint64 last,
+                            const char *why);
 
 /* Why a message is skipped when its record cannot be read (English;
  * mcq_quarantine_report translates). */
@@ -54,12 +55,14 @@ guint64 mcq_quarantine_count (McqQuarantine *qr);
  * do.  Any thread. */
 void mcq_quarantine_note_error (int ret);
 
-/* Looks for the record under key (len bytes) item by item around where
- * the cursor's search for it lands, up to MCQ_SEEK_SPAN items each way:
- * a damaged key on a page can misdirect Berkeley DB's binary search past
- * records that are there.  0 with the cursor on it, else DB_NOTFOUND (or
- * another Berkeley DB error). */
+/* Looks for the record of message seq of queue id item by item around
+ * where the cursor's search for it lands, up to MCQ_SEEK_SPAN items each
+ * way: a damaged key on a page can misdirect Berkeley DB's binary search
+ * past records that are there.  0 with the cursor on it; else
+ * DB_NOTFOUND (or another Berkeley DB error) and *next is the lowest
+ * sequence number above seq seen for queue id (G_MAXUINT64 if none): the
+ * messages in between are gone. */
 #define MCQ_SEEK_SPAN 256
-int mcq_quarantine_seek (DBC *cursor, const guint8 *key, size_t len);
+int mcq_quarantine_seek (DBC *cursor, guint32 id, guint64 seq, guint64 *next);
 
 void mcq_quarantine_close (McqQuarantine *qr);

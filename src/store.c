@@ -1294,11 +1294,11 @@ set_aside (McqStore *s, Queue *q, const guint8 *rec, size_t len, const char *why
   return s->seg_cursor->del (s->seg_cursor, 0);
 }
 
-/* Moves the head of q past a message no sound record is left for, and
- * reports it.  It counts as dequeued, so enqueued - dequeued stays the
- * queue's depth. */
+/* Moves the head of q past the messages up to (not including) end, for
+ * which no sound record is left, and reports them.  They count as
+ * dequeued, so enqueued - dequeued stays the queue's depth. */
 static int
-pass_over (McqStore *s, Queue *q, const char *why)
+pass_over (McqStore *s, Queue *q, guint64 end, const char *why)
 {
   int ret;
 
@@ -1306,17 +1306,17 @@ pass_over (McqStore *s, Queue *q, const char *why)
     if ((ret = mcq_quarantine_put (s->quarantine, s->seg_txn, q->name, q->id, q->head,
                                    NULL, 0, why)) != 0)
       return ret;
-  mcq_quarantine_report (s->quarantine, q->name, q->head, why);
-  q->head++;
-  q->dequeued++;
+  mcq_quarantine_report (s->quarantine, q->name, q->head, end - 1, why);
+  q->dequeued += end - q->head;
+  s->depth -= end - q->head;
+  q->head = end;
   if (q->head == q->tail)
     q->bytes = 0;
-  s->depth--;
   return 0;
 }
 
 /* Reads the head message of q into op->values from start, setting aside
- * every damaged record and passing over every message left without a
+ * every damaged record and passing over the messages left without a
  * sound one; 0 with the queue empty if none was left.  Only a record
  * whose checksum matches (or a legacy one where the store may hold
  * them) gets through. */
@@ -1325,6 +1325,7 @@ read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view)
 {
   const char *first_why = NULL;   /* the first damage found at this seq */
   guint8 key[MSG_KEY_SIZE];
+  guint64 next = q->head + 1;
   DBT k;
   int ret;
 
@@ -1335,7 +1336,8 @@ read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view)
       encode_msg_key (q->id, q->head, key);
       dbt_init (&k, key, sizeof key);
       ret = read_into (s, &k, op->values, start, DB_SET);
-      if (ret == DB_NOTFOUND && mcq_quarantine_seek (s->seg_cursor, key, sizeof key) == 0)
+      if (ret == DB_NOTFOUND &&
+          (ret = mcq_quarantine_seek (s->seg_cursor, q->id, q->head, &next)) == 0)
         {
           k.ulen = sizeof key;
           k.flags = DB_DBT_USERMEM;
@@ -1356,10 +1358,17 @@ read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view)
           first_why = first_why != NULL ? first_why : why;
           continue;
         }
-      if (ret != DB_NOTFOUND && ret != DB_PAGE_NOTFOUND)
+      if (ret == DB_NOTFOUND)
+        why = mcq_why_missing;
+      else if (ret == DB_PAGE_NOTFOUND)
+        why = mcq_why_page_missing, next = q->head + 1;
+      else
         return ret;
-      why = ret == DB_NOTFOUND ? mcq_why_missing : mcq_why_page_missing;
-      if ((ret = pass_over (s, q, first_why != NULL ? first_why : why)) != 0)
+      /* With nothing left at this seq, the messages up to the next record
+       * of the queue seen around it are gone too (all of them if none). */
+      if (first_why != NULL)
+        next = q->head + 1;
+      if ((ret = pass_over (s, q, MIN (next, q->tail), first_why != NULL ? first_why : why)) != 0)
         return ret;
       first_why = NULL;
     }

@@ -152,6 +152,34 @@ def test_changed_key_is_passed_over(make_daemon, byte):
     assert "message %d is damaged (missing from messages.db)" % k in d.stderr()
 
 
+def test_messages_missing_past_the_last_record_are_passed_over_at_once(make_daemon):
+    """A queue whose record in queues.db claims far more messages than messages.db holds
+    (a damaged tail): once the real ones are delivered, one get passes over the rest."""
+    d = make_daemon(["-N"])
+    bodies = make_bodies(50, 5)
+    with d.client() as c:
+        fill(c, QUEUE, bodies)
+    stopped_cleanly(d)
+    path = d.home / "queues.db"
+    data = bytearray(path.read_bytes())
+    record = struct.pack(">IQQQ", 1, 0, 50, 50)           # id, head, tail, enqueued
+    assert data.count(record) == 1
+    extra = 10 ** 9
+    pos = data.find(record)
+    data[pos:pos + len(record)] = struct.pack(">IQQQ", 1, 0, 50 + extra, 50 + extra)
+    path.write_bytes(bytes(data))
+
+    d.start()
+    with d.client() as c:
+        assert c.queue_counters() == {QUEUE: (50 + extra, 0)}
+        assert c.drain(QUEUE, 50) == bodies
+        assert int(c.stats()["damaged_messages"]) == extra
+        assert c.queue_counters() == {QUEUE: (50 + extra, 50 + extra)}
+        assert c.set(QUEUE, b"next") == b"STORED\r\n" and c.get(QUEUE) == b"next"
+    assert ("queue “%s”: messages 50 to %d are damaged (missing from messages.db)"
+            % (QUEUE, 50 + extra - 1)) in d.stderr()
+
+
 def test_environment_stopped_by_berkeley_db_is_explained(make_daemon):
     """Damage Berkeley DB itself gives up on (a free-list page of another type): one
     warning says what it means and points at the salvage procedure."""
