@@ -250,10 +250,11 @@ def test_store_of_the_previous_version(make_daemon, tmp_path):
 
 
 def make_base_store(binary, home):
-    """How data/base-store.tar.gz was made (with the previous version's binary):
-    python3 test_damaged_records.py BINARY HOME, then tar the home's files."""
-    import subprocess
+    """How data/base-store.tar.gz was made, with the previous version's binary:
+    `python3 test_damaged_records.py BINARY HOME`, then, in HOME,
+    `tar czf base-store.tar.gz log.0000000001 messages.db purge.db queues.db`."""
     from conftest import Daemon
+    Path(home).mkdir(parents=True, mode=0o700)
     d = Daemon(binary, home)
     d.start()
     with d.client() as c:
