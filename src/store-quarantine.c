@@ -208,7 +208,6 @@ void
 mcq_quarantine_report (McqQuarantine *qr, const char *queue, guint64 first, guint64 last,
                        const char *why)
 {
-  __atomic_add_fetch (&qr->count, last - first + 1, __ATOMIC_RELAXED);
   if (first == last)
     g_warning (_("queue “%s”: message %llu is damaged (%s); skipped, "
                  "the queue goes on with the next one"), queue, (unsigned long long) first, _(why));
@@ -216,6 +215,12 @@ mcq_quarantine_report (McqQuarantine *qr, const char *queue, guint64 first, guin
     g_warning (_("queue “%s”: messages %llu to %llu are damaged (%s); skipped, "
                  "the queue goes on with the next one"), queue, (unsigned long long) first,
                (unsigned long long) last, _(why));
+}
+
+void
+mcq_quarantine_count_add (McqQuarantine *qr, guint64 n)
+{
+  __atomic_add_fetch (&qr->count, n, __ATOMIC_RELAXED);
 }
 
 guint64

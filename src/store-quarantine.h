@@ -36,8 +36,8 @@ gboolean mcq_quarantine_legacy_ok (McqQuarantine *qr, guint32 id, guint64 seq);
 int mcq_quarantine_put (McqQuarantine *qr, DB_TXN *txn, const char *queue, guint32 id,
                         guint64 seq, const guint8 *rec, size_t len, const char *why);
 
-/* Counts the damaged or missing messages first..last of queue and logs
- * a warning naming the queue, the sequence numbers and why. */
+/* Logs a warning naming the queue, the damaged or missing messages
+ * first..last and why. */
 void mcq_quarantine_report (McqQuarantine *qr, const char *queue, guint64 first, guint64 last,
                             const char *why);
 
@@ -46,7 +46,12 @@ void mcq_quarantine_report (McqQuarantine *qr, const char *queue, guint64 first,
 extern const char mcq_why_missing[];
 extern const char mcq_why_page_missing[];
 
-/* Damaged or missing messages skipped since the store opened.  Any thread. */
+/* Counts n more damaged or missing messages passed over (once their
+ * transaction has committed). */
+void mcq_quarantine_count_add (McqQuarantine *qr, guint64 n);
+
+/* Damaged or missing messages passed over since the store opened.  Any
+ * thread. */
 guint64 mcq_quarantine_count (McqQuarantine *qr);
 
 /* Called with every Berkeley DB error the store reports: the first

@@ -133,6 +133,7 @@ struct _McqStore {
   guint64 seg_depth;
   guint64 seg_bytes;           /* log volume the segment adds (estimate) */
   guint64 seg_ovfl_bytes;      /* database space its overflow items add beyond that */
+  guint64 seg_damaged;         /* messages it passed over (see pass_over) */
   gint64 seg_now;              /* wall clock when the segment began: the
                                 * enqueue time of its sets (one clock read
                                 * per segment rather than per set) */
@@ -1059,6 +1060,7 @@ seg_begin (McqStore *s, GError **error)
   s->seg_depth = s->depth;
   s->seg_bytes = 0;
   s->seg_ovfl_bytes = 0;
+  s->seg_damaged = 0;
   s->seg_now = g_get_real_time ();
   return begin (s, &s->seg_txn, error);
 }
@@ -1164,6 +1166,7 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
   g_array_set_size (s->seg_undo, 0);
   add_log_debt (s, s->seg_bytes);
   __atomic_add_fetch (&s->ovfl_debt, s->seg_ovfl_bytes, __ATOMIC_RELAXED);
+  mcq_quarantine_count_add (s->quarantine, s->seg_damaged);
   return TRUE;
 }
 
@@ -1307,6 +1310,7 @@ pass_over (McqStore *s, Queue *q, guint64 end, const char *why)
                                    NULL, 0, why)) != 0)
       return ret;
   mcq_quarantine_report (s->quarantine, q->name, q->head, end - 1, why);
+  s->seg_damaged += end - q->head;
   q->dequeued += end - q->head;
   s->depth -= end - q->head;
   q->head = end;
