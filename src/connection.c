@@ -510,6 +510,7 @@ format_stats (McqServer *srv, GByteArray *out)
   out_printf (out, "STAT curr_queues %" G_GUINT64_FORMAT "\r\n", mcq_store_queue_count (srv->store));
   out_printf (out, "STAT curr_items %" G_GUINT64_FORMAT "\r\n", mcq_store_total_depth (srv->store));
   out_printf (out, "STAT durable %d\r\n", mcq_store_durable (srv->store) ? 1 : 0);
+  out_printf (out, "STAT damaged_messages %" G_GUINT64_FORMAT "\r\n", mcq_store_damaged (srv->store));
   out_append (out, "END\r\n", 5);
 }
 

@@ -132,7 +132,7 @@ struct _McqDaemonIface {
 
 G_DEFINE_TYPE (McqDaemonIface, mcq_daemon_iface, MCQ_BUS_TYPE_DAEMON_SKELETON)
 
-static GParamSpec *daemon_pspec_curr, *daemon_pspec_total, *daemon_pspec_queues;
+static GParamSpec *daemon_pspec_curr, *daemon_pspec_total, *daemon_pspec_queues, *daemon_pspec_damaged;
 
 static void
 mcq_daemon_iface_get_property (GObject *object, guint prop_id, GValue *value, GParamSpec *pspec)
@@ -145,6 +145,8 @@ mcq_daemon_iface_get_property (GObject *object, guint prop_id, GValue *value, GP
     g_value_set_uint64 (value, srv->total_conns);
   else if (pspec == daemon_pspec_queues)
     g_value_set_uint (value, (guint) mcq_store_queue_count (srv->store));
+  else if (pspec == daemon_pspec_damaged)
+    g_value_set_uint64 (value, mcq_store_damaged (srv->store));
   else
     G_OBJECT_CLASS (mcq_daemon_iface_parent_class)->get_property (object, prop_id, value, pspec);
 }
@@ -166,6 +168,7 @@ mcq_daemon_iface_class_init (McqDaemonIfaceClass *klass)
   daemon_pspec_curr = g_object_class_find_property (object_class, "current-connections");
   daemon_pspec_total = g_object_class_find_property (object_class, "total-connections");
   daemon_pspec_queues = g_object_class_find_property (object_class, "queue-count");
+  daemon_pspec_damaged = g_object_class_find_property (object_class, "damaged-messages");
 }
 
 static void
@@ -312,6 +315,7 @@ flush (McqDbus *d)
   mcq_bus_daemon_set_queue_count (daemon, snap->len);
   mcq_bus_daemon_set_current_connections (daemon, d->published_conns);
   mcq_bus_daemon_set_total_connections (daemon, d->published_total);
+  mcq_bus_daemon_set_damaged_messages (daemon, mcq_store_damaged (d->srv->store));
 }
 
 static gboolean

@@ -475,7 +475,7 @@ cmd_status (Ctl *c)
   g_autoptr(GVariant) reply = NULL;
   g_autoptr(GVariant) props = NULL;
   const char *version = "", *dir = "";
-  guint64 start_us = 0, total = 0;
+  guint64 start_us = 0, total = 0, damaged = 0;
   guint32 curr = 0, queues = 0;
   gboolean durable = FALSE;
 
@@ -491,6 +491,7 @@ cmd_status (Ctl *c)
   g_variant_lookup (props, "QueueCount", "u", &queues);
   g_variant_lookup (props, "Durable", "b", &durable);
   g_variant_lookup (props, "StateDirectory", "&s", &dir);
+  g_variant_lookup (props, "DamagedMessages", "t", &damaged);
 
   if (c->json)
     {
@@ -498,8 +499,9 @@ cmd_status (Ctl *c)
       json_string (out, version);
       g_string_append_printf (out, ",\"StartTime\":%" G_GUINT64_FORMAT ",\"CurrentConnections\":%u"
                               ",\"TotalConnections\":%" G_GUINT64_FORMAT ",\"QueueCount\":%u"
-                              ",\"Durable\":%s,\"StateDirectory\":",
-                              start_us, curr, total, queues, durable ? "true" : "false");
+                              ",\"Durable\":%s,\"DamagedMessages\":%" G_GUINT64_FORMAT
+                              ",\"StateDirectory\":",
+                              start_us, curr, total, queues, durable ? "true" : "false", damaged);
       json_string (out, dir);
       g_string_append (out, "}");
       g_print ("%s\n", out->str);
@@ -513,7 +515,7 @@ cmd_status (Ctl *c)
 
       const char *labels[] = {
         _("Version:"), _("Started:"), _("Connections:"), _("Queues:"), _("Durable:"),
-        _("State directory:"),
+        _("State directory:"), _("Damaged messages:"),
       };
       char *values[G_N_ELEMENTS (labels)] = {
         g_strdup (version),
@@ -523,6 +525,8 @@ cmd_status (Ctl *c)
         g_strdup_printf ("%u", queues),
         g_strdup (durable ? _("yes (STORED after fsync)") : _("no (-N/--no-sync)")),
         g_strdup (dir),
+        /* TRANSLATORS: messages skipped because their record was damaged. */
+        g_strdup_printf (_("%llu since start"), (unsigned long long) damaged),
       };
 
       print_fields (labels, values, G_N_ELEMENTS (labels));

@@ -8,6 +8,8 @@
 #include "placement.h"
 #include "store-audit.h"
 #include "store-check.h"
+#include "store-format.h"
+#include "store-quarantine.h"
 
 #include <db.h>
 #include <errno.h>
@@ -19,8 +21,11 @@
 /*
  * Layout.
  *  queues.db  (btree) name              -> QueueRecord (big-endian fields)
- *  messages.db (btree) id:u32 seq:u64 BE -> flags:u32, enqueued-at:i64 (µs), body
+ *  messages.db (btree) id:u32 seq:u64 BE -> flags, enqueued-at (µs), checksum, body
+ *                                           (see store-format.h)
  *  purge.db   (btree) id:u32 BE          -> head:u64 tail:u64 of a deleted queue
+ *  integrity.db (btree)                  -> damaged records set aside (see
+ *                                           store-quarantine.h)
  *
  * A queue holds the messages [head, tail).  Big-endian keys make the btree's
  * byte order the FIFO order, and appends land on the rightmost leaf.  Every
@@ -53,8 +58,8 @@
  */
 
 #define QUEUE_RECORD_SIZE (4 + 8 * 5)
-#define MSG_KEY_SIZE 12
-#define MSG_HEADER_SIZE 12
+#define MSG_KEY_SIZE MCQ_REC_KEY_SIZE
+#define MSG_HEADER_SIZE MCQ_REC_HEADER
 /* A batch is at most this many ops (see hand_over). */
 #define BATCH_MAX 64
 #define PURGE_CHUNK 512
@@ -117,6 +122,7 @@ struct _McqStore {
   guint64 page_size;           /* messages.db's, as its file has it (-A only sets it
                                   for a new file) */
   DB *purge_db;
+  McqQuarantine *quarantine;   /* integrity.db */
 
   GHashTable *queues;          /* main thread only: name -> Queue* */
   guint32 next_id;
@@ -129,6 +135,7 @@ struct _McqStore {
   guint64 seg_depth;
   guint64 seg_bytes;           /* log volume the segment adds (estimate) */
   guint64 seg_ovfl_bytes;      /* database space its overflow items add beyond that */
+  guint64 seg_damaged;         /* messages it passed over (see pass_over) */
   gint64 seg_now;              /* wall clock when the segment began: the
                                 * enqueue time of its sets (one clock read
                                 * per segment rather than per set) */
@@ -266,6 +273,7 @@ static gboolean
 db_fail (int ret, GError **error, const char *what)
 {
   int code = G_IO_ERROR_FAILED;
+  mcq_quarantine_note_error (ret);
   if (ret == ENOSPC || ret == EDQUOT)
     code = G_IO_ERROR_NO_SPACE;
   else if (ret == EACCES || ret == EPERM || ret == EROFS)
@@ -424,7 +432,7 @@ mark_dirty (McqStore *s, const char *name)
 static gint64
 read_enqueue_time (McqStore *s, DB_TXN *txn, guint32 id, guint64 seq)
 {
-  guint8 key[MSG_KEY_SIZE], header[MSG_HEADER_SIZE];
+  guint8 key[MSG_KEY_SIZE], header[MCQ_REC_TIME_END];
   DBT k, v;
 
   encode_msg_key (id, seq, key);
@@ -434,9 +442,9 @@ read_enqueue_time (McqStore *s, DB_TXN *txn, guint32 id, guint64 seq)
   v.dlen = sizeof header;
   v.doff = 0;
   v.flags = DB_DBT_USERMEM | DB_DBT_PARTIAL;
-  if (s->messages_db->get (s->messages_db, txn, &k, &v, 0) != 0 || v.size < MSG_HEADER_SIZE)
+  if (s->messages_db->get (s->messages_db, txn, &k, &v, 0) != 0)
     return 0;
-  return (gint64) get_be64 (header + 4);
+  return mcq_rec_time (header, v.size);
 }
 
 static gboolean
@@ -628,6 +636,42 @@ fail:
   if (txn != NULL)
     txn->abort (txn);
   g_warning ("reserving free pages in messages.db: %s", db_strerror (ret));
+  mcq_quarantine_note_error (ret);
+}
+
+/* Opens integrity.db; on the first start after an older version, notes in
+ * one transaction every queue that may hold records without a checksum
+ * (all below its tail: this version writes only checked records). */
+static gboolean
+open_integrity (McqStore *s, GError **error)
+{
+  GHashTableIter it;
+  gpointer v;
+  DB_TXN *txn = NULL;
+  int ret;
+
+  if ((s->quarantine = mcq_quarantine_open (s->env, error)) == NULL)
+    return FALSE;
+  if (!mcq_quarantine_needs_upgrade (s->quarantine))
+    return TRUE;
+  if ((ret = txn_start (s, &txn)) != 0)
+    return db_fail (ret, error, "integrity.db");
+  g_hash_table_iter_init (&it, s->queues);
+  while (g_hash_table_iter_next (&it, NULL, &v))
+    {
+      Queue *q = v;
+      if (q->head != q->tail &&
+          !mcq_quarantine_note_legacy (s->quarantine, txn, q->id, q->tail, error))
+        goto abort;
+    }
+  if (!mcq_quarantine_upgrade (s->quarantine, txn, error))
+    goto abort;
+  if ((ret = txn->commit (txn, 0)) != 0)
+    return db_fail (ret, error, "integrity.db");
+  return TRUE;
+abort:
+  txn->abort (txn);
+  return FALSE;
 }
 
 static gpointer sync_thread (gpointer data);
@@ -723,8 +767,10 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
       !open_db (s, &s->messages_db, "messages.db", error) ||
       !open_db (s, &s->purge_db, "purge.db", error) ||
       !mcq_store_audit_queues (env, s->queues_db, s->messages_db, s->purge_db, error) ||
-      !load_queues (s, error))
+      !load_queues (s, error) ||
+      !open_integrity (s, error))
     {
+      mcq_quarantine_close (s->quarantine);
       if (s->purge_db)
         s->purge_db->close (s->purge_db, 0);
       if (s->messages_db)
@@ -962,6 +1008,12 @@ mcq_store_total_depth (McqStore *s)
   return __atomic_load_n (&s->total_depth, __ATOMIC_RELAXED);
 }
 
+guint64
+mcq_store_damaged (McqStore *s)
+{
+  return mcq_quarantine_count (s->quarantine);
+}
+
 static gboolean
 write_queue (McqStore *s, DB_TXN *txn, const Queue *q, GError **error)
 {
@@ -1018,6 +1070,7 @@ seg_begin (McqStore *s, GError **error)
   s->seg_depth = s->depth;
   s->seg_bytes = 0;
   s->seg_ovfl_bytes = 0;
+  s->seg_damaged = 0;
   s->seg_now = g_get_real_time ();
   return begin (s, &s->seg_txn, error);
 }
@@ -1123,6 +1176,7 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
   g_array_set_size (s->seg_undo, 0);
   add_log_debt (s, s->seg_bytes);
   __atomic_add_fetch (&s->ovfl_debt, s->seg_ovfl_bytes, __ATOMIC_RELAXED);
+  mcq_quarantine_count_add (s->quarantine, s->seg_damaged);
   return TRUE;
 }
 
@@ -1191,11 +1245,10 @@ seg_set (McqStore *s, McqOp *op)
   q = q != NULL ? seg_touch (s, q) : seg_create (s, name);
 
   /* mcq_op_set_body left MSG_HEADER_SIZE bytes of room in front of the
-   * body for the flags and time, so the record is written without another
-   * copy. */
-  put_be32 (op->body->data, op->flags);
-  put_be64 (op->body->data + 4, (guint64) now);
+   * body for the flags, time and checksum, so the record is written
+   * without another copy. */
   encode_msg_key (q->id, q->tail, key);
+  mcq_rec_seal (op->body->data, op->body->len, key, op->flags, now);
   dbt_init (&k, key, sizeof key);
   dbt_init (&v, op->body->data, op->body->len);
   if ((ret = s->messages_db->put (s->messages_db, s->seg_txn, &k, &v, 0)) != 0)
@@ -1212,10 +1265,11 @@ seg_set (McqStore *s, McqOp *op)
   return TRUE;
 }
 
-/* Reads the record under the segment's cursor at key k (DB_SET) into
- * values, after what is there, growing it if the record does not fit. */
+/* Reads the record under the segment's cursor at key k (how: DB_SET, or
+ * DB_CURRENT where the cursor already is) into values, after what is
+ * there, growing it if the record does not fit. */
 static int
-read_into (McqStore *s, DBT *k, GByteArray *values, guint start)
+read_into (McqStore *s, DBT *k, GByteArray *values, guint start, u_int32_t how)
 {
   guint room = 4096;
   DBT v;
@@ -1227,7 +1281,7 @@ read_into (McqStore *s, DBT *k, GByteArray *values, guint start)
       dbt_init (&v, values->data + start, 0);
       v.ulen = room;
       v.flags = DB_DBT_USERMEM;
-      ret = s->seg_cursor->get (s->seg_cursor, k, &v, DB_SET);
+      ret = s->seg_cursor->get (s->seg_cursor, k, &v, how);
       if (ret != DB_BUFFER_SMALL)
         break;
       room = v.size;            /* a big message: one more search */
@@ -1236,31 +1290,130 @@ read_into (McqStore *s, DBT *k, GByteArray *values, guint start)
   return ret;
 }
 
+/* Sets aside the damaged record rec[0..len) under the segment's cursor:
+ * copied to integrity.db and removed from messages.db, in the segment's
+ * transaction.  The queue does not move: another record may still be
+ * found under the same key. */
+static int
+set_aside (McqStore *s, Queue *q, const guint8 *rec, size_t len, const char *why)
+{
+  int ret;
+
+  if ((ret = mcq_quarantine_put (s->quarantine, s->seg_txn, q->name, q->id, q->head,
+                                 rec, len, why)) != 0)
+    return ret;
+  s->seg_bytes += 2 * len + LOG_OP_OVERHEAD;
+  q->bytes -= MIN (q->bytes, len);
+  return s->seg_cursor->del (s->seg_cursor, 0);
+}
+
+/* Moves the head of q past the messages up to (not including) end, for
+ * which no sound record is left, and reports them.  They count as
+ * dequeued, so enqueued - dequeued stays the queue's depth. */
+static int
+pass_over (McqStore *s, Queue *q, guint64 end, const char *why)
+{
+  int ret;
+
+  if (why == mcq_why_missing || why == mcq_why_page_missing)
+    if ((ret = mcq_quarantine_put (s->quarantine, s->seg_txn, q->name, q->id, q->head,
+                                   NULL, 0, why)) != 0)
+      return ret;
+  mcq_quarantine_report (s->quarantine, q->name, q->head, end - 1, why);
+  s->seg_damaged += end - q->head;
+  q->dequeued += end - q->head;
+  s->depth -= end - q->head;
+  q->head = end;
+  if (q->head == q->tail)
+    q->bytes = 0;
+  return 0;
+}
+
+/* Reads the head message of q into op->values from start, setting aside
+ * every damaged record and passing over the messages left without a
+ * sound one; 0 with the queue empty if none was left.  Only a record
+ * whose checksum matches (or a legacy one where the store may hold
+ * them) gets through. */
+static int
+read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view)
+{
+  const char *first_why = NULL;   /* the first damage found at this seq */
+  guint8 key[MSG_KEY_SIZE];
+  guint64 next = q->head + 1;
+  DBT k;
+  int ret;
+
+  while (q->head != q->tail)
+    {
+      const char *why = NULL;
+
+      encode_msg_key (q->id, q->head, key);
+      dbt_init (&k, key, sizeof key);
+      ret = read_into (s, &k, op->values, start, DB_SET);
+      if (ret == DB_NOTFOUND &&
+          (ret = mcq_quarantine_seek (s->seg_cursor, q->id, q->head, &next)) == 0)
+        {
+          k.ulen = sizeof key;
+          k.flags = DB_DBT_USERMEM;
+          ret = read_into (s, &k, op->values, start, DB_CURRENT);
+        }
+      if (ret == 0)
+        {
+          const guint8 *rec = op->values->data + start;
+          size_t len = op->values->len - start;
+          gboolean legacy_ok = mcq_quarantine_legacy_ok (s->quarantine, q->id, q->head);
+
+          if (mcq_rec_check (rec, len, key, legacy_ok, view, &why) != MCQ_REC_DAMAGED)
+            return 0;
+          ret = set_aside (s, q, rec, len, why);
+          g_byte_array_set_size (op->values, start);
+          if (ret != 0)
+            return ret;
+          first_why = first_why != NULL ? first_why : why;
+          continue;
+        }
+      if (ret == DB_NOTFOUND)
+        why = mcq_why_missing;
+      else if (ret == DB_PAGE_NOTFOUND)
+        why = mcq_why_page_missing, next = q->head + 1;
+      else
+        return ret;
+      /* With nothing left at this seq, the messages up to the next record
+       * of the queue seen around it are gone too (all of them if none). */
+      if (first_why != NULL)
+        next = q->head + 1;
+      if ((ret = pass_over (s, q, MIN (next, q->tail), first_why != NULL ? first_why : why)) != 0)
+        return ret;
+      first_why = NULL;
+    }
+  q->head_time = 0;
+  return 0;
+}
+
 /* Takes the head message of q into m, with the segment's cursor: one
  * search finds it, the delete and the step to the next message (whose
  * header gives the queue's new oldest-message time) reuse the position.
  * Three separate DB calls cost three searches and three cursors.  The
  * message is read into op->values, which is kept with the op, so a get
  * allocates nothing once warm.  If op->room declines it, the message
- * stays where it is and *declined is set. */
+ * stays where it is and *declined is set; so it is if the queue held
+ * only damaged messages. */
 static int
 take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
 {
-  guint8 key[MSG_KEY_SIZE], next_key[MSG_KEY_SIZE], header[MSG_HEADER_SIZE];
+  guint8 key[MSG_KEY_SIZE], next_key[MSG_KEY_SIZE], header[MCQ_REC_TIME_END];
   guint start = op->values->len;
+  McqRecView view;
   DBT k, v;
   int ret;
 
   if (s->seg_cursor == NULL &&
       (ret = s->messages_db->cursor (s->messages_db, s->seg_txn, &s->seg_cursor, 0)) != 0)
     return ret;
-  encode_msg_key (q->id, q->head, key);
-  dbt_init (&k, key, sizeof key);
-  if ((ret = read_into (s, &k, op->values, start)) != 0)
+  if ((ret = read_head (s, q, op, start, &view)) != 0)
     return ret;
-  if (op->values->len - start < MSG_HEADER_SIZE)
-    return DB_NOTFOUND;
-  if (op->room != NULL && !op->room (op, (gssize) (op->values->len - start - MSG_HEADER_SIZE)))
+  if (q->head == q->tail ||
+      (op->room != NULL && !op->room (op, (gssize) view.body_len)))
     {
       g_byte_array_set_size (op->values, start);
       *declined = TRUE;
@@ -1268,10 +1421,10 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
     }
   if ((ret = s->seg_cursor->del (s->seg_cursor, 0)) != 0)
     return ret;
-  m->flags = get_be32 (op->values->data + start);
+  m->flags = view.flags;
   m->seq = q->head;
-  m->offset = start + MSG_HEADER_SIZE;
-  m->len = op->values->len - m->offset;
+  m->offset = start + view.body_offset;
+  m->len = view.body_len;
   q->head++;
   q->head_time = 0;
   if (q->head == q->tail)
@@ -1292,8 +1445,8 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
    * makes every later message of the page unreadable. */
   ret = s->seg_cursor->get (s->seg_cursor, &k, &v, DB_NEXT);
   if (ret == 0 && k.size == MSG_KEY_SIZE && memcmp (next_key, key, MSG_KEY_SIZE) == 0 &&
-      v.size >= MSG_HEADER_SIZE)
-    q->head_time = (gint64) get_be64 (header + 4);
+      v.size >= MCQ_REC_TIME_END)
+    q->head_time = mcq_rec_time (header, v.size);
   else if (ret == 0 || ret == DB_NOTFOUND || ret == DB_BUFFER_SMALL)
     q->head_time = read_enqueue_time (s, s->seg_txn, q->id, q->head);
   else
@@ -2308,6 +2461,7 @@ mcq_store_close (McqStore *s)
       g_warning ("%s", err->message);
     mcq_store_mark_close (s->mark, s->env, clean);
   }
+  mcq_quarantine_close (s->quarantine);
   s->purge_db->close (s->purge_db, 0);
   s->messages_db->close (s->messages_db, 0);
   s->queues_db->close (s->queues_db, 0);

@@ -147,4 +147,9 @@ const char *mcq_store_home (McqStore *store);
 guint64 mcq_store_queue_count (McqStore *store);
 guint64 mcq_store_total_depth (McqStore *store);
 
+/* Messages passed over since the store opened because their record was
+ * damaged or missing (each set aside in integrity.db and logged).  Any
+ * thread. */
+guint64 mcq_store_damaged (McqStore *store);
+
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (McqStore, mcq_store_close)
