@@ -1203,11 +1203,16 @@ seg_set (McqStore *s, McqOp *op)
 }
 
 /* Reads the record under the segment's cursor at key k (DB_SET) into
- * values, after what is there, growing it if the record does not fit. */
+ * op->values, after what is there.  op->room is asked before the message
+ * is taken: a record past the first 4 KiB is sized by Berkeley DB without
+ * being copied, so a declined big message never occupies the buffer.  On
+ * a decline, values is left as it was and *declined is set. */
 static int
-read_into (McqStore *s, DBT *k, GByteArray *values, guint start)
+read_into (McqStore *s, DBT *k, McqOp *op, guint start, gboolean *declined)
 {
+  GByteArray *values = op->values;
   guint room = 4096;
+  gboolean asked = FALSE;
   DBT v;
   int ret;
 
@@ -1218,11 +1223,25 @@ read_into (McqStore *s, DBT *k, GByteArray *values, guint start)
       v.ulen = room;
       v.flags = DB_DBT_USERMEM;
       ret = s->seg_cursor->get (s->seg_cursor, k, &v, DB_SET);
+      if ((ret == 0 || ret == DB_BUFFER_SMALL) && v.size < MSG_HEADER_SIZE)
+        ret = DB_NOTFOUND;
+      if ((ret == 0 || ret == DB_BUFFER_SMALL) && !asked && op->room != NULL)
+        {
+          asked = TRUE;
+          if (!op->room (op, (gssize) (v.size - MSG_HEADER_SIZE)))
+            {
+              g_byte_array_set_size (values, start);
+              *declined = TRUE;
+              return 0;
+            }
+        }
       if (ret != DB_BUFFER_SMALL)
         break;
       room = v.size;            /* a big message: one more search */
     }
   g_byte_array_set_size (values, start + (ret == 0 ? v.size : 0));
+  if (ret != 0 && asked)
+    op->room (op, -(gssize) (room - MSG_HEADER_SIZE));   /* granted, not taken */
   return ret;
 }
 
@@ -1246,16 +1265,8 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
     return ret;
   encode_msg_key (q->id, q->head, key);
   dbt_init (&k, key, sizeof key);
-  if ((ret = read_into (s, &k, op->values, start)) != 0)
+  if ((ret = read_into (s, &k, op, start, declined)) != 0 || *declined)
     return ret;
-  if (op->values->len - start < MSG_HEADER_SIZE)
-    return DB_NOTFOUND;
-  if (op->room != NULL && !op->room (op, (gssize) (op->values->len - start - MSG_HEADER_SIZE)))
-    {
-      g_byte_array_set_size (op->values, start);
-      *declined = TRUE;
-      return 0;
-    }
   if ((ret = s->seg_cursor->del (s->seg_cursor, 0)) != 0)
     return ret;
   m->flags = get_be32 (op->values->data + start);
