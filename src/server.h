@@ -15,6 +15,7 @@ typedef struct _McqServer {
   McqStore *store;
   guint64 max_body;
   guint max_conns;
+  guint client_timeout_s;       /* --client-timeout */
   gint64 start_time;            /* wall clock, seconds */
   gint64 start_monotonic;       /* microseconds */
 
