@@ -643,6 +643,23 @@ format_stats (McqServer *srv, GByteArray *out)
   out_append (out, "END\r\n", 5);
 }
 
+/* Drops a finished op's messages now rather than when its slot leaves,
+ * and any large buffer, so that the slot cache keeps only small ones (a
+ * failed get has emptied its values, whatever their size was). */
+static void
+op_drop_buffers (McqOp *op)
+{
+  if (op->body != NULL && op->body->len > SLOT_BODY_KEEP)
+    release_big (&op->body);
+  if (op->keys != NULL && op->keys->len > SLOT_BODY_KEEP)
+    release_big (&op->keys);
+  if (op->status == MCQ_OP_FAILED)
+    g_clear_pointer (&op->values, g_byte_array_unref);
+  else
+    release_any (&op->values);
+  mcq_op_clear (op);
+}
+
 /* Runs on the main context when the store has made the op durable. */
 static void
 slot_done (McqOp *op)
@@ -703,18 +720,7 @@ slot_done (McqOp *op)
     s->hits = 1;
   if (s->reply != NULL)
     slot_hold (s, s->reply->len);
-  /* Drop the messages now rather than when the slot leaves, and do not
-   * keep a large buffer around for reuse (a failed get has emptied its
-   * values, whatever their size was). */
-  if (op->body != NULL && op->body->len > SLOT_BODY_KEEP)
-    release_big (&op->body);
-  if (op->keys != NULL && op->keys->len > SLOT_BODY_KEEP)
-    release_big (&op->keys);
-  if (op->status == MCQ_OP_FAILED)
-    g_clear_pointer (&op->values, g_byte_array_unref);
-  else
-    release_any (&op->values);
-  mcq_op_clear (op);
+  op_drop_buffers (op);
 
   if (!c->closed)
     {
@@ -894,7 +900,7 @@ static GQueue partial_waiters;  /* McqConnection*, by wait_link, first come firs
 static guint64
 partial_budget (McqServer *srv)
 {
-  return MAX ((guint64) PARTIAL_BUDGET_MIN, srv->max_body + MCQ_LINE_MAX + 2);
+  return MAX ((guint64) PARTIAL_BUDGET_MIN, srv->max_body + MCQ_LINE_MAX + 16);   /* >= any need */
 }
 
 /* c's incomplete request is c->need bytes long: reserves them, or makes c
