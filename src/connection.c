@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "budget.h"
 #include "log.h"
 #include "lost.h"
 #include "protocol.h"
@@ -73,9 +74,7 @@ struct _McqConnection {
   guint64 discard;              /* bytes still to drop (swallowed body) */
   gboolean skip_line;           /* then drop through the next '\n' */
   size_t need;                  /* length of the incomplete request, if known */
-  size_t reserved;              /* its share of the partial budget */
-  gboolean waiting;             /* for the partial budget (in partial_waiters) */
-  GList wait_link;
+  McqBudgetClaim claim;         /* its share of the partial budget, or its place in line */
   gint64 incomplete_since;      /* monotonic µs; 0 unless a request is unfinished */
 
   GQueue slots;                 /* Slot*, in request order */
@@ -120,7 +119,7 @@ static void format_stats (McqServer *srv, GByteArray *out);
 static GByteArray *slot_reply (Slot *s);
 static void conn_process_input (McqConnection *c);
 static void conn_report_lost (McqConnection *c);
-static void partial_forget (McqConnection *c);
+static McqBudget partial;
 
 /* ---- lifetime ------------------------------------------------------------- */
 
@@ -244,7 +243,7 @@ conn_close (McqConnection *c)
     g_source_remove (c->linger_timer);
   c->linger_timer = 0;
   conn_report_lost (c);
-  partial_forget (c);
+  mcq_budget_release (&partial, &c->claim);
   poller_forget (c);
   close (c->fd);
   c->fd = -1;
@@ -894,74 +893,16 @@ handle_request (McqConnection *c, const McqRequest *req)
 
 /* ---- the budget of partial requests (see PARTIAL_SMALL) ------------------- */
 
-static guint64 partial_reserved;
-static GQueue partial_waiters;  /* McqConnection*, by wait_link, first come first */
-
-static guint64
-partial_budget (McqServer *srv)
-{
-  return MAX ((guint64) PARTIAL_BUDGET_MIN, srv->max_body + MCQ_LINE_MAX + 16);   /* >= any need */
-}
-
-/* c's incomplete request is c->need bytes long: reserves them, or makes c
- * wait (reading nothing) behind the connections already waiting. */
+/* Waiting connections read again once their claim is granted.  Only
+ * their interest changes: each is handled when the poller reports it,
+ * since handling one connection must never close another. */
 static void
-partial_reserve (McqConnection *c)
+partial_granted (McqBudgetClaim *claim)
 {
-  if (c->waiting)
-    return;
-  if (g_queue_is_empty (&partial_waiters) &&
-      partial_reserved + c->need <= partial_budget (c->server))
-    {
-      c->reserved = c->need;
-      partial_reserved += c->reserved;
-      return;
-    }
-  c->waiting = TRUE;
-  c->wait_link.data = c;
-  g_queue_push_tail_link (&partial_waiters, &c->wait_link);
-}
+  McqConnection *w = claim->owner;
 
-/* Lets waiting connections read again, in order, while the budget allows.
- * Only their interest changes: each is handled when the poller reports
- * it, since handling one connection must never close another. */
-static void
-partial_wake (McqServer *srv)
-{
-  McqConnection *w;
-
-  while ((w = g_queue_peek_head (&partial_waiters)) != NULL &&
-         partial_reserved + w->need <= partial_budget (srv))
-    {
-      g_queue_unlink (&partial_waiters, &w->wait_link);
-      w->waiting = FALSE;
-      w->reserved = w->need;
-      partial_reserved += w->reserved;
-      w->want |= EPOLLIN;
-      poller_watch (w, EPOLL_CTL_MOD);
-    }
-}
-
-static void
-partial_release (McqConnection *c)
-{
-  if (c->reserved == 0)
-    return;
-  partial_reserved -= c->reserved;
-  c->reserved = 0;
-  partial_wake (c->server);
-}
-
-/* c reads no more: it leaves the queue of waiters, its reservation goes back. */
-static void
-partial_forget (McqConnection *c)
-{
-  if (c->waiting)
-    {
-      g_queue_unlink (&partial_waiters, &c->wait_link);
-      c->waiting = FALSE;
-    }
-  partial_release (c);
+  w->want |= EPOLLIN;
+  poller_watch (w, EPOLL_CTL_MOD);
 }
 
 /* A request (or the bytes of a refused one) has been read in full: the
@@ -971,13 +912,13 @@ request_read (McqConnection *c)
 {
   c->incomplete_since = 0;
   c->need = 0;
-  partial_release (c);
+  mcq_budget_release (&partial, &c->claim);
 }
 
 static gboolean
 may_parse (McqConnection *c)
 {
-  return !c->read_closed && !c->draining && !c->waiting &&
+  return !c->read_closed && !c->draining && !c->claim.waiting &&
          g_queue_get_length (&c->slots) < PIPELINE_MAX && out_pending (c) < OUT_HIGH &&
          conn_held (c) < conn_limit (c);
 }
@@ -1023,8 +964,8 @@ process_bytes (McqConnection *c, const char *buf, size_t len)
         {
         case MCQ_PARSE_NEED_MORE:
           c->need = r.need;
-          if (c->need > PARTIAL_SMALL && c->reserved == 0)
-            partial_reserve (c);
+          if (c->need > PARTIAL_SMALL && !c->claim.granted && !c->claim.waiting)
+            mcq_budget_claim (&partial, &c->claim, c->need);
           return used;
         case MCQ_PARSE_REQUEST:
           handle_request (c, &req);
@@ -1184,11 +1125,11 @@ conn_update (McqConnection *c)
     }
   may_read = may_parse (c);
   if (c->read_closed)
-    partial_forget (c);
+    mcq_budget_release (&partial, &c->claim);
   /* The clock of an unfinished request runs while it is the client's turn
    * to send, and while it waits for the budget of partial requests: a
    * request must be whole within the client timeout of its first byte. */
-  if ((!may_read && !c->waiting) || (c->in == NULL && c->discard == 0 && !c->skip_line))
+  if ((!may_read && !c->claim.waiting) || (c->in == NULL && c->discard == 0 && !c->skip_line))
     c->incomplete_since = 0;
   else if (c->incomplete_since == 0)
     c->incomplete_since = g_get_monotonic_time ();
@@ -1371,6 +1312,13 @@ mcq_connection_new (McqServer *srv, int fd)
   c->server = srv;
   c->fd = fd;
   c->refs = 1;
+  c->claim.owner = c;
+  if (partial.size == 0)
+    {
+      /* One maximal set (line, body, \r\n) always fits. */
+      partial.size = MAX ((guint64) PARTIAL_BUDGET_MIN, srv->max_body + MCQ_LINE_MAX + 16);
+      partial.granted = partial_granted;
+    }
   c->last_write = g_get_monotonic_time ();
   if (sweep_source == 0)
     sweep_source = g_timeout_add_seconds (CLAMP (srv->client_timeout_s / 2, 1, SWEEP_INTERVAL_S),
