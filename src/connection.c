@@ -19,29 +19,41 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "budget.h"
 #include "log.h"
+#include "lost.h"
 #include "protocol.h"
 
 /* Read granularity, and the bounds that keep one client from using
- * unbounded memory: past OUT_HIGH bytes of unsent replies or PIPELINE_MAX
- * unanswered requests we stop reading from it until it catches up. */
+ * unbounded memory: past OUT_HIGH bytes of unsent replies, PIPELINE_MAX
+ * unanswered requests or conn_limit() bytes held for it in all (see
+ * conn_held) we stop reading from it until it catches up. */
 #define OUT_HIGH (4 * 1024 * 1024)
-/* Gets take messages for a connection only while its unsent replies plus
- * the messages taken for replies not yet formatted stay under this (or
- * when nothing at all is owed, so that any message can be had).  Past it,
- * a get that has taken nothing yet waits, its message left queued, and
- * runs again once the client has read everything owed; so do the gets
- * sent after it, which keeps each queue's messages in request order.  A
- * multi-get that has already taken some of its messages answers the rest
- * as empty instead (they stay queued).  So one multi-get or a pipeline of
- * gets cannot make the daemon hold unbounded memory, a pipelining
- * consumer is never told a queue is empty when it is not, and a client
- * that reads is never cut off with messages it was given still unsent.
- * The bound grows with -B so one maximal reply fits.  A client that reads
- * nothing for WRITE_STALL_S while replies wait is cut off. */
+/* conn_limit(): a get takes a message only while what the connection
+ * holds ahead of it (unsent replies, messages taken, requests in flight)
+ * stays under this, or when nothing is owed before it, so that any
+ * message can be had.  Past it, a get that has taken nothing yet waits,
+ * holding no message, its message left queued, and runs again once the
+ * client has read everything before it; so do the gets sent after it,
+ * which keeps each queue's messages in request order.  A multi-get that
+ * has already taken some of its messages answers the rest as empty
+ * instead (they stay queued).  So a pipelining consumer is never told a
+ * queue is empty when it is not, and a client that reads is never cut off
+ * with messages it was given still unsent.  The bound grows with -B so
+ * one maximal reply fits.  A client that reads nothing for the client
+ * timeout (--client-timeout) while replies wait is cut off. */
 #define OUT_LIMIT_MIN (16 * 1024 * 1024)
-#define WRITE_STALL_S 60
 #define SWEEP_INTERVAL_S 5
+/* Requests up to PARTIAL_SMALL bytes are read without asking; a bigger
+ * set reserves its whole length from a budget shared by all connections
+ * (PARTIAL_BUDGET_MIN, or one maximal request if larger) before its body
+ * is read, and waits, reading nothing more, while the budget is taken.
+ * A request once begun always has room to finish, so waiting cannot
+ * deadlock, and a request still unfinished at the client timeout,
+ * waiting or not, is cut off with its connection, giving its reservation
+ * back: stalled clients hold the budget at most that long. */
+#define PARTIAL_SMALL (64 * 1024)
+#define PARTIAL_BUDGET_MIN (64 * 1024 * 1024)
 #define OUT_KEEP (4 * 1024)
 #define PIPELINE_MAX 256
 /* How long a connection being closed waits for its peer to take the last
@@ -62,12 +74,16 @@ struct _McqConnection {
   guint64 discard;              /* bytes still to drop (swallowed body) */
   gboolean skip_line;           /* then drop through the next '\n' */
   McqAuthState auth;            /* until it passes, requests go to mcq_auth_parse */
+  size_t need;                  /* length of the incomplete request, if known */
+  McqBudgetClaim claim;         /* its share of the partial budget, or its place in line */
+  gint64 incomplete_since;      /* monotonic µs; 0 unless a request is unfinished */
 
   GQueue slots;                 /* Slot*, in request order */
   GByteArray *out;              /* NULL until there is something to send */
   size_t out_off;
   size_t out_peak;
   gsize taken;                  /* bytes of messages taken by gets, not yet in out */
+  gsize held;                   /* bytes held by slots: set bodies, replies (Slot.held) */
   guint parked;                 /* gets waiting for the client to read (Slot.park) */
 
   gint64 last_write;            /* monotonic µs of the last write progress */
@@ -89,6 +105,7 @@ struct _Slot {
   gboolean with_cas;
   GByteArray *reply;            /* immediate reply, or formatted on completion */
   gsize taken;                  /* this get's share of McqConnection.taken */
+  gsize held;                   /* its share of McqConnection.held */
   gboolean park;                /* get refused room before taking anything: runs
                                    again once the client has read (see slot_room) */
   gboolean parked;              /* ... and its store op has finished */
@@ -102,17 +119,19 @@ static void poller_forget (McqConnection *c);
 static void format_stats (McqServer *srv, GByteArray *out);
 static GByteArray *slot_reply (Slot *s);
 static void conn_process_input (McqConnection *c);
+static void conn_report_lost (McqConnection *c);
+static McqBudget partial;
 
 /* ---- lifetime ------------------------------------------------------------- */
 
 /* Finished slots are kept for reuse, with their op's buffers, so that a
  * connection in steady state allocates nothing per request.  Only small
- * buffers are kept: with 64 KiB, a burst of 60 KB messages left ~360 MB
- * held by idle slots after every client had gone.  At 2 KiB a kept body
- * has at most 4 KiB of capacity and kept values at most 8 KiB (a get
- * reads into 4 KiB of room past what it holds), so the cache holds at
- * most 48 MiB; a bigger message costs one allocation per request. */
-#define SLOT_CACHE_MAX 4096
+ * buffers are kept (slot_done frees bigger ones, and a parked get's):
+ * at 2 KiB a kept body or key list has at most 4 KiB of capacity and kept
+ * values at most 8 KiB (a get reads into 4 KiB of room past what it
+ * holds), so the cache holds at most 16 MiB; a bigger message costs one
+ * allocation per request. */
+#define SLOT_CACHE_MAX 1024
 #define SLOT_BODY_KEEP (2 * 1024)
 
 static Slot *slot_cache;
@@ -135,10 +154,51 @@ release_big (GByteArray **buf)
   g_clear_pointer (buf, g_byte_array_unref);
 }
 
+/* Hands freed memory back to the system if enough was freed to matter. */
+static void
+release_trim (void)
+{
+  if (released_bytes < RELEASE_TRIM_BYTES)
+    return;
+#ifdef __GLIBC__
+  malloc_trim (0);
+#endif
+  released_bytes = 0;
+}
+
+static gboolean
+release_trim_idle (gpointer data)
+{
+  guint *source = data;
+
+  *source = 0;
+  release_trim ();
+  return G_SOURCE_REMOVE;
+}
+
+/* Frees buf, counting it as big if it held more than a kept buffer. */
+static void
+release_any (GByteArray **buf)
+{
+  if (*buf != NULL && (*buf)->len > SLOT_BODY_KEEP)
+    release_big (buf);
+  else
+    g_clear_pointer (buf, g_byte_array_unref);
+}
+
+/* Changes slot s's share of its connection's held bytes to bytes. */
+static void
+slot_hold (Slot *s, gsize bytes)
+{
+  s->conn->held = s->conn->held - s->held + bytes;
+  s->held = bytes;
+}
+
 static void
 slot_free (Slot *s)
 {
-  g_clear_pointer (&s->reply, g_byte_array_unref);
+  release_any (&s->reply);
+  s->held = 0;
   if (slot_cache_len >= SLOT_CACHE_MAX)
     {
       mcq_op_release (&s->op);
@@ -152,17 +212,23 @@ slot_free (Slot *s)
 }
 
 
+/* The last reference gone: everything the connection held is freed, and
+ * given back to the system soon after if it was much. */
 static void
 conn_unref (McqConnection *c)
 {
+  static guint trim_source;
+
   if (--c->refs > 0)
     return;
   while (!g_queue_is_empty (&c->slots))
     slot_free (g_queue_pop_head_link (&c->slots)->data);
-  g_clear_pointer (&c->in, g_byte_array_unref);
-  g_clear_pointer (&c->out, g_byte_array_unref);
+  release_any (&c->in);
+  release_any (&c->out);
   c->server->conn_structures--;
   g_free (c);
+  if (released_bytes >= RELEASE_TRIM_BYTES && trim_source == 0)
+    trim_source = g_idle_add (release_trim_idle, &trim_source);
 }
 
 static void
@@ -177,6 +243,8 @@ conn_close (McqConnection *c)
   if (c->linger_timer != 0)
     g_source_remove (c->linger_timer);
   c->linger_timer = 0;
+  conn_report_lost (c);
+  mcq_budget_release (&partial, &c->claim);
   poller_forget (c);
   close (c->fd);
   c->fd = -1;
@@ -320,10 +388,67 @@ out_value_header (GByteArray *out, const char *key, guint32 flags, size_t len,
   out_append (out, rest, (size_t) (p - rest));
 }
 
+/* ---- messages lost with their connection ----------------------------------
+ *
+ * A connection that closes before its client has read every reply loses
+ * the messages its gets took: each is logged as a warning, by queue (see
+ * lost.h), from the unsent output, the replies still waiting their turn,
+ * and the results of gets that finish after the close. */
+
+/* At close: the messages in the unsent output and in the replies still
+ * waiting their turn (which are dropped now, so never counted twice). */
+static void
+conn_report_lost (McqConnection *c)
+{
+  g_autoptr(GHashTable) lost = mcq_lost_new ();
+
+  if (c->out != NULL)
+    mcq_lost_scan (c->out->data, c->out->len, c->out_off, lost);
+  for (GList *l = c->slots.head; l != NULL; l = l->next)
+    {
+      Slot *s = l->data;
+      if (s->pending || s->reply == NULL)
+        continue;
+      mcq_lost_scan (s->reply->data, s->reply->len, 0, lost);
+      release_any (&s->reply);
+      slot_hold (s, 0);
+    }
+  mcq_lost_warn (lost);
+}
+
+/* A get that took messages after its connection closed. */
+static void
+op_report_lost (McqOp *op)
+{
+  g_autoptr(GHashTable) lost = mcq_lost_new ();
+  size_t pos = 0;
+  const char *name;
+
+  for (guint i = 0; op->messages != NULL && (name = mcq_op_next_key (op, &pos)) != NULL; i++)
+    if (i < op->messages->len && g_array_index (op->messages, McqMessage, i).data != NULL)
+      mcq_lost_add (lost, name, strlen (name));
+  mcq_lost_warn (lost);
+}
+
 static size_t
 out_pending (McqConnection *c)
 {
   return c->out ? c->out->len - c->out_off : 0;
+}
+
+/* The most a connection may hold (see OUT_LIMIT_MIN and conn_held). */
+static guint64
+conn_limit (McqConnection *c)
+{
+  return MAX ((guint64) OUT_LIMIT_MIN, 2 * c->server->max_body + 65536);
+}
+
+/* Bytes held for c: input kept, set bodies in flight, messages taken,
+ * replies not yet sent.  Reading stops while it is at conn_limit. */
+static guint64
+conn_held (McqConnection *c)
+{
+  return (c->in != NULL ? c->in->len : 0) + c->held + c->taken + (c->out != NULL ? c->out->len : 0);
 }
 
 /* Writes as much as the socket takes.  Returns FALSE if the peer is gone. */
@@ -360,8 +485,11 @@ conn_write (McqConnection *c)
     }
   else if (c->out_off > c->out->len / 2)
     {
-      g_byte_array_remove_range (c->out, 0, (guint) c->out_off);
-      c->out_off = 0;
+      /* Only whole replies go, so that the output always starts with one
+       * (see conn_report_lost). */
+      size_t cut = mcq_lost_scan (c->out->data, c->out->len, c->out_off, NULL);
+      g_byte_array_remove_range (c->out, 0, (guint) cut);
+      c->out_off -= cut;
     }
   return TRUE;
 }
@@ -399,11 +527,13 @@ conn_release_replies (McqConnection *c)
           memset (&c->server->counters, 0, sizeof c->server->counters);
           out_append (slot_reply (s), "RESET\r\n", 7);
         }
+      slot_hold (s, 0);
       if (s->reply != NULL && !c->closed)
         {
           if (c->out == NULL)
-            c->out = g_byte_array_new ();
-          out_append (c->out, s->reply->data, s->reply->len);
+            c->out = g_steal_pointer (&s->reply);   /* no copy of a big reply */
+          else
+            out_append (c->out, s->reply->data, s->reply->len);
           c->out_peak = MAX (c->out_peak, c->out->len);
         }
       slot_free (s);
@@ -514,6 +644,23 @@ format_stats (McqServer *srv, GByteArray *out)
   out_append (out, "END\r\n", 5);
 }
 
+/* Drops a finished op's messages now rather than when its slot leaves,
+ * and any large buffer, so that the slot cache keeps only small ones (a
+ * failed get has emptied its values, whatever their size was). */
+static void
+op_drop_buffers (McqOp *op)
+{
+  if (op->body != NULL && op->body->len > SLOT_BODY_KEEP)
+    release_big (&op->body);
+  if (op->keys != NULL && op->keys->len > SLOT_BODY_KEEP)
+    release_big (&op->keys);
+  if (op->status == MCQ_OP_FAILED)
+    g_clear_pointer (&op->values, g_byte_array_unref);
+  else
+    release_any (&op->values);
+  mcq_op_clear (op);
+}
+
 /* Runs on the main context when the store has made the op durable. */
 static void
 slot_done (McqOp *op)
@@ -523,8 +670,9 @@ slot_done (McqOp *op)
 
   if (s->park && op->status == MCQ_OP_OK && !c->draining)
     {
-      /* Took nothing: stays owed, keeps its keys, runs again later. */
+      /* Took nothing: stays owed, keeps its keys (only), runs again later. */
       s->parked = TRUE;
+      release_any (&op->values);
       if (!c->closed)
         conn_update (c);
       conn_unref (c);
@@ -536,10 +684,13 @@ slot_done (McqOp *op)
       c->parked--;
     }
   s->pending = FALSE;
-  /* What the get took is in its reply now (or was given back). */
+  /* What the get took is in its reply now (or was given back, or lost). */
   c->taken -= s->taken;
   s->taken = 0;
-  if (op->status == MCQ_OP_FAILED)
+  slot_hold (s, 0);
+  if (c->closed && s->cmd == MCQ_CMD_GET && op->status == MCQ_OP_OK)
+    op_report_lost (op);
+  else if (op->status == MCQ_OP_FAILED)
     reply_failure (s);
   else if (!s->noreply)
     switch (s->cmd)
@@ -568,13 +719,9 @@ slot_done (McqOp *op)
       }
   if (op->status == MCQ_OP_OK && s->cmd == MCQ_CMD_SET)
     s->hits = 1;
-  /* Drop the messages now rather than when the slot leaves, and do not
-   * keep a large body or value buffer around for reuse. */
-  if (op->body != NULL && op->body->len > SLOT_BODY_KEEP)
-    release_big (&op->body);
-  if (op->values != NULL && op->values->len > SLOT_BODY_KEEP)
-    release_big (&op->values);
-  mcq_op_clear (op);
+  if (s->reply != NULL)
+    slot_hold (s, s->reply->len);
+  op_drop_buffers (op);
 
   if (!c->closed)
     {
@@ -600,6 +747,7 @@ slot_new (McqConnection *c, McqCommand cmd)
       s->next_free = NULL;
       s->pending = s->noreply = s->with_cas = s->park = s->parked = FALSE;
       s->cmds = s->hits = 0;
+      s->held = 0;
     }
   else
     s = g_new0 (Slot, 1);
@@ -617,17 +765,23 @@ slot_room (McqOp *op, gssize bytes)
 {
   Slot *s = op->user_data;
   McqConnection *c = s->conn;
-  guint64 limit = MAX ((guint64) OUT_LIMIT_MIN, 2 * c->server->max_body + 65536);
 
   if (bytes > 0)
     {
+      guint64 out = c->out != NULL ? c->out->len : 0;
+      guint64 held = out + c->taken + c->held;
+      /* The first message of the get at the head is granted once all
+       * before it is sent, whatever the requests behind it hold (their
+       * replies cannot leave before its own), so a waiting get always
+       * runs in the end. */
+      gboolean first = out == 0 && s->taken == 0 && g_queue_peek_head (&c->slots) == s;
+
       /* A client that is gone would lose what it is given; one being
        * drained at shutdown may not read it before the deadline. */
       if (c->closed || c->draining || s->park)
         return FALSE;
       if (c->parked > 0 ||
-          ((out_pending (c) > 0 || c->taken > 0) &&
-           out_pending (c) + c->taken + (guint64) bytes > limit))
+          (!first && held > 0 && held + (guint64) bytes > conn_limit (c)))
         {
           if (s->taken == 0)
             {
@@ -661,6 +815,8 @@ immediate (McqConnection *c, const char *text)
 {
   Slot *s = slot_new (c, MCQ_CMD_VERSION);   /* any command without a deferred reply */
   out_append (slot_reply (s), text, strlen (text));
+  if (s->reply != NULL)
+    slot_hold (s, s->reply->len);
 }
 
 static void
@@ -676,6 +832,7 @@ handle_request (McqConnection *c, const McqRequest *req)
       s->noreply = req->noreply;
       mcq_op_add_key (&s->op, req->key.ptr, req->key.len);
       mcq_op_set_body (&s->op, req->flags, req->body.ptr, req->body.len);
+      slot_hold (s, req->body.len);
       slot_submit (s, MCQ_OP_SET);
       break;
 
@@ -736,11 +893,36 @@ handle_request (McqConnection *c, const McqRequest *req)
     }
 }
 
+/* ---- the budget of partial requests (see PARTIAL_SMALL) ------------------- */
+
+/* Waiting connections read again once their claim is granted.  Only
+ * their interest changes: each is handled when the poller reports it,
+ * since handling one connection must never close another. */
+static void
+partial_granted (McqBudgetClaim *claim)
+{
+  McqConnection *w = claim->owner;
+
+  w->want |= EPOLLIN;
+  poller_watch (w, EPOLL_CTL_MOD);
+}
+
+/* A request (or the bytes of a refused one) has been read in full: the
+ * clock of unfinished requests restarts, its reservation goes back. */
+static void
+request_read (McqConnection *c)
+{
+  c->incomplete_since = 0;
+  c->need = 0;
+  mcq_budget_release (&partial, &c->claim);
+}
+
 static gboolean
 may_parse (McqConnection *c)
 {
-  return !c->read_closed && !c->draining && g_queue_get_length (&c->slots) < PIPELINE_MAX &&
-         out_pending (c) < OUT_HIGH;
+  return !c->read_closed && !c->draining && !c->claim.waiting &&
+         g_queue_get_length (&c->slots) < PIPELINE_MAX && out_pending (c) < OUT_HIGH &&
+         conn_held (c) < conn_limit (c);
 }
 
 /* Parses and dispatches what buf holds; returns how much was used.  What
@@ -763,6 +945,8 @@ process_bytes (McqConnection *c, const char *buf, size_t len)
           size_t n = (size_t) MIN ((guint64) avail, c->discard);
           c->discard -= n;
           used += n;
+          if (c->discard == 0 && !c->skip_line)
+            request_read (c);
           continue;
         }
       if (c->skip_line)
@@ -770,14 +954,21 @@ process_bytes (McqConnection *c, const char *buf, size_t len)
           const char *nl = memchr (p, '\n', avail);
           used += nl ? (size_t) (nl - p) + 1 : avail;
           c->skip_line = nl == NULL;
+          if (nl != NULL)
+            request_read (c);
           continue;
         }
 
       r = c->auth.passed ? mcq_parse_request (p, avail, c->server->max_body, &req)
                          : mcq_auth_parse (c->server->auth, &c->auth, (char *) p, avail, &req);
+      if (r.status != MCQ_PARSE_NEED_MORE)
+        request_read (c);
       switch (r.status)
         {
         case MCQ_PARSE_NEED_MORE:
+          c->need = r.need;
+          if (c->need > PARTIAL_SMALL && !c->claim.granted && !c->claim.waiting)
+            mcq_budget_claim (&partial, &c->claim, c->need);
           return used;
         case MCQ_PARSE_REQUEST:
           handle_request (c, &req);
@@ -813,7 +1004,7 @@ conn_process_input (McqConnection *c)
   if (c->in_off == c->in->len || c->read_closed)
     {
       /* Nothing kept: give the memory back, idle connections cost little. */
-      g_clear_pointer (&c->in, g_byte_array_unref);
+      release_any (&c->in);
       c->in_off = 0;
     }
   else if (c->in_off > 0 && c->in_off >= c->in->len / 2)
@@ -908,7 +1099,8 @@ conn_update (McqConnection *c)
       conn_close (c);
       return;
     }
-  if (c->parked > 0 && (c->draining || (out_pending (c) == 0 && c->taken == 0)))
+  if (c->parked > 0 &&
+      (c->draining || (out_pending (c) == 0 && ((Slot *) g_queue_peek_head (&c->slots))->park)))
     conn_unpark (c);
   /* Input parked while the pipeline was full can be parsed now; keep
    * going while it makes progress, since requests answered on the spot
@@ -935,6 +1127,15 @@ conn_update (McqConnection *c)
       return;
     }
   may_read = may_parse (c);
+  if (c->read_closed)
+    mcq_budget_release (&partial, &c->claim);
+  /* The clock of an unfinished request runs while it is the client's turn
+   * to send, and while it waits for the budget of partial requests: a
+   * request must be whole within the client timeout of its first byte. */
+  if ((!may_read && !c->claim.waiting) || (c->in == NULL && c->discard == 0 && !c->skip_line))
+    c->incomplete_since = 0;
+  else if (c->incomplete_since == 0)
+    c->incomplete_since = g_get_monotonic_time ();
   if (may_read)
     want |= EPOLLIN;
   if (out_pending (c) > 0)
@@ -1071,30 +1272,37 @@ poller_forget (McqConnection *c)
     epoll_ctl (poller->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 }
 
-/* Closes connections whose replies have waited unread for too long. */
+/* Closes connections whose replies have waited unread, or whose request
+ * has stayed unfinished, for longer than the client timeout. */
 static gboolean
 sweep (gpointer data)
 {
   McqServer *srv = data;
   gint64 now = g_get_monotonic_time ();
+  gint64 timeout = (gint64) srv->client_timeout_s * G_USEC_PER_SEC;
   g_autoptr(GList) conns = g_list_copy (srv->conns);
+  guint stalled = 0, unfinished = 0;
 
   for (GList *l = conns; l != NULL; l = l->next)
     {
       McqConnection *c = l->data;
-      if (out_pending (c) > 0 && now - c->last_write > WRITE_STALL_S * G_USEC_PER_SEC)
-        {
-          g_info (_("cutting off a client that has read nothing for %d s"), WRITE_STALL_S);
-          conn_close (c);
-        }
+      if (out_pending (c) > 0 && now - c->last_write > timeout)
+        stalled++;
+      else if (c->incomplete_since != 0 && !c->read_closed && now - c->incomplete_since > timeout)
+        unfinished++;
+      else
+        continue;
+      conn_close (c);
     }
-  if (released_bytes >= RELEASE_TRIM_BYTES)
-    {
-#ifdef __GLIBC__
-      malloc_trim (0);
-#endif
-      released_bytes = 0;
-    }
+  if (stalled > 0)
+    g_warning (ngettext ("cut off %u client that read none of the replies waiting for it for %u s",
+                         "cut off %u clients that read none of the replies waiting for them for %u s",
+                         stalled), stalled, srv->client_timeout_s);
+  if (unfinished > 0)
+    g_warning (ngettext ("cut off %u client that left a request unfinished for %u s",
+                         "cut off %u clients that left a request unfinished for %u s",
+                         unfinished), unfinished, srv->client_timeout_s);
+  release_trim ();
   return G_SOURCE_CONTINUE;
 }
 
@@ -1107,10 +1315,18 @@ mcq_connection_new (McqServer *srv, int fd)
   c->server = srv;
   c->fd = fd;
   c->refs = 1;
+  c->claim.owner = c;
+  if (partial.size == 0)
+    {
+      /* One maximal set (line, body, \r\n) always fits. */
+      partial.size = MAX ((guint64) PARTIAL_BUDGET_MIN, srv->max_body + MCQ_LINE_MAX + 16);
+      partial.granted = partial_granted;
+    }
   c->last_write = g_get_monotonic_time ();
   c->auth.passed = srv->auth == NULL;
   if (sweep_source == 0)
-    sweep_source = g_timeout_add_seconds (SWEEP_INTERVAL_S, sweep, srv);
+    sweep_source = g_timeout_add_seconds (CLAMP (srv->client_timeout_s / 2, 1, SWEEP_INTERVAL_S),
+                                          sweep, srv);
   g_queue_init (&c->slots);
   c->want = EPOLLIN;
   if (!poller_watch (c, EPOLL_CTL_ADD))

@@ -425,6 +425,7 @@ main (int argc, char **argv)
     }
   server.max_body = opts.max_body;
   server.max_conns = opts.max_conns;
+  server.client_timeout_s = opts.client_timeout_s;
   server.start_time = g_get_real_time () / G_USEC_PER_SEC;
   server.start_monotonic = g_get_monotonic_time ();
 

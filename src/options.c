@@ -27,6 +27,7 @@ mcq_options_init (McqOptions *o)
   o->port = DEFAULT_PORT;
   o->unix_mask = 0700;
   o->max_conns = 1024;
+  o->client_timeout_s = 60;
   o->threads = 4;
   o->cache_mb = 64;
   o->page_size = 4096;
@@ -89,6 +90,7 @@ static const NumericOption numeric_options[] = {
   { 'U', "udp-port", OFF (udp_port), 'u', 0, 65535, N_("PORT"), N_("UDP port: only 0 is accepted, UDP is not offered") },
   { 'a', "unix-mask", OFF (unix_mask), 'o', 0, 0777, N_("MODE"), N_("octal permissions of the unix socket (default 0700)") },
   { 'c', "max-conns", OFF (max_conns), 'u', 1, 1048576, N_("N"), N_("most simultaneous connections (default 1024)") },
+  { 0, "client-timeout", OFF (client_timeout_s), 'u', 1, 86400, N_("SECONDS"), N_("cut off a client that leaves a request unfinished, or reads none of the replies waiting for it, for this long (default 60)") },
   { 't', "threads", OFF (threads), 'u', 1, 1024, N_("N"), N_("accepted for compatibility; one thread serves every connection and runs every transaction") },
   { 'm', "cache-size", OFF (cache_mb), 'U', 1, 1024 * 1024, N_("MB"), N_("Berkeley DB cache size in MiB (default 64)") },
   { 'A', "page-size", OFF (page_size), 'u', 512, 65536, N_("BYTES"), N_("database page size, a power of two from 512 to 65536 (default 4096)") },
@@ -112,13 +114,15 @@ on_numeric (const char *option_name, const char *value, gpointer data, GError **
   for (guint i = 0; i < G_N_ELEMENTS (numeric_options); i++)
     {
       const NumericOption *n = &numeric_options[i];
-      if ((option_name[1] != '-' && option_name[1] == n->short_name && option_name[2] == '\0') ||
+      if ((option_name[1] != '-' && n->short_name != 0 && option_name[1] == n->short_name &&
+           option_name[2] == '\0') ||
           (option_name[1] == '-' && strcmp (option_name + 2, n->long_name) == 0))
         def = n;
     }
   g_return_val_if_fail (def != NULL, FALSE);
 
-  g_autofree char *name = g_strdup_printf ("-%c/--%s", def->short_name, def->long_name);
+  g_autofree char *name = def->short_name != 0 ? g_strdup_printf ("-%c/--%s", def->short_name, def->long_name)
+                                               : g_strdup_printf ("--%s", def->long_name);
   if (def->kind == 'o')
     {
       char *end = NULL;
@@ -140,7 +144,8 @@ on_numeric (const char *option_name, const char *value, gpointer data, GError **
     *(guint *) G_STRUCT_MEMBER_P (o, def->offset) = (guint) v;
   if (def->short_name == 'p')
     o->port_given = TRUE;
-  g_ptr_array_add (o->given, g_strdup_printf ("%c", def->short_name));
+  if (def->short_name != 0)
+    g_ptr_array_add (o->given, g_strdup_printf ("%c", def->short_name));
   return TRUE;
 }
 

@@ -20,6 +20,7 @@ typedef struct {
   guint unix_mask;
   guint udp_port;
   guint max_conns;
+  guint client_timeout_s;
 
   /* process */
   gboolean daemonize;

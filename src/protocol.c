@@ -210,7 +210,11 @@ parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
     }
 
   if (len - line_end < bytes + 2)
-    return result (MCQ_PARSE_NEED_MORE, 0, NULL);
+    {
+      McqParseResult r = result (MCQ_PARSE_NEED_MORE, 0, NULL);
+      r.need = line_end + bytes + 2;
+      return r;
+    }
 
   const char *body = buf + line_end;
   if (body[bytes] != '\r' || body[bytes + 1] != '\n')

@@ -64,6 +64,8 @@ typedef struct {
   gboolean noreply;     /* ERROR only: the line ends in "noreply", so no reply
                            is sent (the client reads none; an error line would
                            be taken as the reply to its next request) */
+  size_t need;          /* NEED_MORE only: the whole request's length once its
+                           line is complete (a set and its body), else 0 */
 } McqParseResult;
 
 /* Parses the request at the start of buf[0..len).  max_body is the largest

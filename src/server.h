@@ -17,6 +17,7 @@ typedef struct _McqServer {
   McqAuth *auth;                /* --auth-file, or NULL: no authentication */
   guint64 max_body;
   guint max_conns;
+  guint client_timeout_s;       /* --client-timeout */
   gint64 start_time;            /* wall clock, seconds */
   gint64 start_monotonic;       /* microseconds */
 

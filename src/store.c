@@ -1265,16 +1265,33 @@ seg_set (McqStore *s, McqOp *op)
   return TRUE;
 }
 
-/* Reads the record under the segment's cursor at key k (how: DB_SET, or
- * DB_CURRENT where the cursor already is) into values, after what is
- * there, growing it if the record does not fit. */
-static int
-read_into (McqStore *s, DBT *k, GByteArray *values, guint start, u_int32_t how)
+/* Returns to op->room what it granted for a message not taken. */
+static void
+give_back (McqOp *op, gsize *granted)
 {
+  if (*granted > 0 && op->room != NULL)
+    op->room (op, -(gssize) *granted);
+  *granted = 0;
+}
+
+/* Reads the record under the segment's cursor at key k (how: DB_SET, or
+ * DB_CURRENT where the cursor already is) into op->values, after what is
+ * there.  op->room is asked before the record is copied (a record past the
+ * first 4 KiB is sized by Berkeley DB without a copy), for the most its
+ * body can be; *granted gets what it gave, for the caller to settle once
+ * the record is checked.  On a decline values is left as it was and
+ * *declined is set. */
+static int
+read_into (McqStore *s, DBT *k, McqOp *op, guint start, u_int32_t how,
+           gsize *granted, gboolean *declined)
+{
+  GByteArray *values = op->values;
   guint room = 4096;
+  gboolean asked = FALSE;
   DBT v;
   int ret;
 
+  *granted = 0;
   for (;;)
     {
       g_byte_array_set_size (values, start + room);
@@ -1282,11 +1299,25 @@ read_into (McqStore *s, DBT *k, GByteArray *values, guint start, u_int32_t how)
       v.ulen = room;
       v.flags = DB_DBT_USERMEM;
       ret = s->seg_cursor->get (s->seg_cursor, k, &v, how);
+      if ((ret == 0 || ret == DB_BUFFER_SMALL) && !asked && op->room != NULL)
+        {
+          gsize most = v.size > MCQ_REC_LEGACY_HEADER ? v.size - MCQ_REC_LEGACY_HEADER : 0;
+          asked = TRUE;
+          if (!op->room (op, (gssize) most))
+            {
+              g_byte_array_set_size (values, start);
+              *declined = TRUE;
+              return 0;
+            }
+          *granted = most;
+        }
       if (ret != DB_BUFFER_SMALL)
         break;
       room = v.size;            /* a big message: one more search */
     }
   g_byte_array_set_size (values, start + (ret == 0 ? v.size : 0));
+  if (ret != 0)
+    give_back (op, granted);
   return ret;
 }
 
@@ -1335,7 +1366,8 @@ pass_over (McqStore *s, Queue *q, guint64 end, const char *why)
  * whose checksum matches (or a legacy one where the store may hold
  * them) gets through. */
 static int
-read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view)
+read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view,
+           gboolean *declined)
 {
   const char *first_why = NULL;   /* the first damage found at this seq */
   guint8 key[MSG_KEY_SIZE];
@@ -1346,17 +1378,20 @@ read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view)
   while (q->head != q->tail)
     {
       const char *why = NULL;
+      gsize granted;
 
       encode_msg_key (q->id, q->head, key);
       dbt_init (&k, key, sizeof key);
-      ret = read_into (s, &k, op->values, start, DB_SET);
+      ret = read_into (s, &k, op, start, DB_SET, &granted, declined);
       if (ret == DB_NOTFOUND &&
           (ret = mcq_quarantine_seek (s->seg_cursor, q->id, q->head, &next)) == 0)
         {
           k.ulen = sizeof key;
           k.flags = DB_DBT_USERMEM;
-          ret = read_into (s, &k, op->values, start, DB_CURRENT);
+          ret = read_into (s, &k, op, start, DB_CURRENT, &granted, declined);
         }
+      if (ret == 0 && *declined)
+        return 0;
       if (ret == 0)
         {
           const guint8 *rec = op->values->data + start;
@@ -1364,7 +1399,12 @@ read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view)
           gboolean legacy_ok = mcq_quarantine_legacy_ok (s->quarantine, q->id, q->head);
 
           if (mcq_rec_check (rec, len, key, legacy_ok, view, &why) != MCQ_REC_DAMAGED)
-            return 0;
+            {
+              granted -= MIN (granted, view->body_len);
+              give_back (op, &granted);      /* granted beyond the exact body */
+              return 0;
+            }
+          give_back (op, &granted);
           ret = set_aside (s, q, rec, len, why);
           g_byte_array_set_size (op->values, start);
           if (ret != 0)
@@ -1410,11 +1450,11 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
   if (s->seg_cursor == NULL &&
       (ret = s->messages_db->cursor (s->messages_db, s->seg_txn, &s->seg_cursor, 0)) != 0)
     return ret;
-  if ((ret = read_head (s, q, op, start, &view)) != 0)
+  if ((ret = read_head (s, q, op, start, &view, declined)) != 0 || *declined)
     return ret;
-  if (q->head == q->tail ||
-      (op->room != NULL && !op->room (op, (gssize) view.body_len)))
+  if (q->head == q->tail)
     {
+      /* Only damaged messages were left. */
       g_byte_array_set_size (op->values, start);
       *declined = TRUE;
       return 0;

@@ -67,6 +67,8 @@ test_partial (void)
       McqParseResult r = mcq_parse_request (in, i, MAXB, &req);
       g_assert_cmpint (r.status, ==, MCQ_PARSE_NEED_MORE);
       g_assert_cmpuint (r.consumed, ==, 0);
+      /* once the line is in, the whole request's length is known */
+      g_assert_cmpuint (r.need, ==, i < 13 ? 0 : len);
     }
   g_assert_cmpint (mcq_parse_request (in, len, MAXB, &req).status, ==, MCQ_PARSE_REQUEST);
   g_assert_cmpuint (req.flags, ==, 7);
