@@ -1,4 +1,4 @@
-"""Packaging: manual pages, one version number, the .deb and the .rpm (issue 8).
+"""Packaging: manual pages, one version number, the .deb and the .rpm.
 
 Fast tests (every run): the manual pages in data/ and src/bench/ are clean
 for groff -ww and mandoc -T lint, name every option their tool's --help
