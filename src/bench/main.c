@@ -23,6 +23,7 @@
 #include "config.h"
 #include "../i18n.h"
 #include "../switches.h"
+#include "../textout.h"
 
 BenchConfig cfg;
 _Atomic int g_phase;
@@ -281,45 +282,12 @@ connect_one (const struct sockaddr *sa, socklen_t salen, int family, char *err, 
   return fd;
 }
 
-/* Terminal columns a string takes (translated labels may be CJK, two each). */
-static guint
-display_width (const char *s)
-{
-  guint w = 0;
-
-  if (!g_utf8_validate (s, -1, NULL))
-    return (guint) strlen (s);
-  for (const char *p = s; *p; p = g_utf8_next_char (p))
-    {
-      gunichar ch = g_utf8_get_char (p);
-      w += g_unichar_iswide (ch) ? 2 : g_unichar_iszerowidth (ch) ? 0 : 1;
-    }
-  return w;
-}
-
 /* "  label   " of the text report: the values start three columns after
  * the widest label. */
 static void
 label (const char *text, guint width)
 {
-  printf ("  %s%*s", text, (int) (width + 3 - display_width (text)), "");
-}
-
-static void
-json_str (GString *out, const char *s)
-{
-  g_string_append_c (out, '"');
-  for (; *s; s++)
-    {
-      unsigned char ch = (unsigned char) *s;
-      if (ch == '"' || ch == '\\')
-        g_string_append_printf (out, "\\%c", ch);
-      else if (ch < 0x20)
-        g_string_append_printf (out, "\\u%04x", ch);
-      else
-        g_string_append_c (out, (char) ch);
-    }
-  g_string_append_c (out, '"');
+  printf ("  %s%*s", text, (int) (width + 3 - mcq_text_width (text)), "");
 }
 
 /* Closes and frees every connection opened so far (g_conns is zeroed
@@ -681,7 +649,7 @@ report_json (const Target *t, const Window *win, const Totals *tot, const Figure
 {
   GString *j = g_string_new ("{");
   g_string_append (j, "\"target\":");
-  json_str (j, t->name);
+  mcq_json_append_string (j, t->name);
   g_string_append_printf (j, ",\"protocol\":\"%s\",\"mix\":\"%s\",\"connections\":%u,\"threads\":%u,"
                           "\"queues\":%u,\"size\":%zu,\"pipeline\":%u,\"cache\":%s,\"warmup_s\":%.3f,"
                           "\"seconds\":%.6f,\"ops\":%" G_GUINT64_FORMAT ",\"ops_per_sec\":%.1f,"
@@ -744,7 +712,7 @@ report_text (const Target *t, const Window *win, const Totals *tot, const Figure
   guint width = 0;
 
   for (guint i = 0; i < G_N_ELEMENTS (all); i++)
-    width = MAX (width, display_width (all[i]));
+    width = MAX (width, mcq_text_width (all[i]));
   printf (_("memcacheq-bench %s: %s %s, %u connection(s), %u thread(s), %u queue(s), "
             "%zu-byte messages, mix %s, pipeline %u%s\n"),
           MCQ_VERSION, f->proto, t->name, cfg.conns, cfg.threads, cfg.queues, cfg.size, f->mix,
