@@ -457,23 +457,40 @@ parse_value_block (Conn *c, Slot *s, const char *p, size_t linelen, size_t avail
   return P_DONE;
 }
 
+/* The reply's first line at rpos: P_DONE with *linelen (up to and with its
+ * \n), P_NEED while it is incomplete, P_FATAL once more than max bytes
+ * came without one. */
 static int
-parse_memcache (Conn *c, Slot *s, int *result)
+reply_line (Conn *c, size_t max, size_t *linelen)
 {
   const char *p = c->rbuf + c->rpos;
   size_t avail = c->rlen - c->rpos;
   const char *nl = memchr (p, '\n', avail);
   char ex[160];
-  if (!nl)
+
+  if (nl)
     {
-      if (avail > c->keylen + 128)
-        {
-          conn_fail (c, _("reply line too long: \"%s\""), excerpt (p, 80, ex, sizeof ex));
-          return P_FATAL;
-        }
-      return P_NEED;
+      *linelen = (size_t) (nl - p) + 1;
+      return P_DONE;
     }
-  size_t linelen = (size_t) (nl - p) + 1;
+  if (avail > max)
+    {
+      conn_fail (c, _("reply line too long: \"%s\""), excerpt (p, 80, ex, sizeof ex));
+      return P_FATAL;
+    }
+  return P_NEED;
+}
+
+static int
+parse_memcache (Conn *c, Slot *s, int *result)
+{
+  const char *p = c->rbuf + c->rpos;
+  size_t avail = c->rlen - c->rpos;
+  size_t linelen;
+  char ex[160];
+  int r = reply_line (c, c->keylen + 128, &linelen);
+  if (r != P_DONE)
+    return r;
 
   if (s->op == OP_SET)
     {
@@ -507,18 +524,12 @@ parse_redis (Conn *c, Slot *s, int *result)
 {
   const char *p = c->rbuf + c->rpos;
   size_t avail = c->rlen - c->rpos;
-  const char *nl = memchr (p, '\n', avail);
+  size_t linelen;
   char ex[160];
-  if (!nl)
-    {
-      if (avail > 512)
-        {
-          conn_fail (c, _("reply line too long: \"%s\""), excerpt (p, 80, ex, sizeof ex));
-          return P_FATAL;
-        }
-      return P_NEED;
-    }
-  size_t linelen = (size_t) (nl - p) + 1;
+  int r = reply_line (c, 512, &linelen);
+  if (r != P_DONE)
+    return r;
+  const char *nl = p + linelen - 1;
   if (linelen < 3 || nl[-1] != '\r')
     {
       conn_fail (c, _("malformed RESP reply \"%s\""), excerpt (p, linelen, ex, sizeof ex));
