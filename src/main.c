@@ -248,11 +248,9 @@ tick (gpointer data)
   return G_SOURCE_CONTINUE;
 }
 
-/* With the listening sockets closed, requests already on their way are
- * answered for a short quiet period; then every connection stops taking
- * messages and closes once its client has what it is owed, and whatever is
- * left closes at the deadline, so a client that never reads cannot hold the
- * daemon up. */
+/* With the sockets closed: requests already on their way are answered for
+ * a quiet period; then each connection stops taking messages and closes once
+ * its client has what it is owed; the deadline closes the rest. */
 static void
 drain (McqServer *srv)
 {
