@@ -49,9 +49,20 @@ typedef struct {
   const char *name;
 } StopSignal;
 
+/* Everything the daemon owns; daemon_clear tears it down, in order. */
 struct Daemon {
   GMainLoop *loop;
-  McqServer *server;
+  McqServer server;
+  McqListener *listener;
+  McqHome *home;
+  char *home_path;
+  McqDbus *dbus;
+  const char *pidfile;          /* written, so removed at exit; NULL otherwise */
+  int activated;                /* sockets passed by the service manager */
+  int notify_fd;                /* -d: the waiting parent's pipe, or -1 */
+  gboolean root_kept;
+  gboolean serving;             /* the main loop ran: connections must be drained */
+  guint status_source;
   const char *stopped_by;       /* the first stop signal's name, NULL until one came */
   StopSignal stop_signals[3];
 };
@@ -237,17 +248,9 @@ tick (gpointer data)
   return G_SOURCE_CONTINUE;
 }
 
-/* Shutdown, with the listening sockets already closed (under socket
- * activation the kernel keeps queueing new connections for the next
- * instance).  First a short quiet period in which connections are served
- * as usual, so requests already on their way are answered; then each
- * connection stops reading requests and taking messages, and closes once
- * its client has what it is owed; then whatever is left is closed at the
- * deadline, so a client that never reads cannot hold the daemon up (the
- * messages already taken for it, at most the output bound's worth, go
- * with it).  Until the drain stopped gets from taking, a consumer
- * pipelining gets and reading slower than the daemon sent kept taking
- * messages until the deadline cut them off unsent. */
+/* With the sockets closed: requests already on their way are answered for
+ * a quiet period; then each connection stops taking messages and closes once
+ * its client has what it is owed; the deadline closes the rest. */
 static void
 drain (McqServer *srv)
 {
@@ -268,21 +271,240 @@ drain (McqServer *srv)
   mcq_connection_close_all (srv);
 }
 
+/* The one teardown path of everything the daemon owns, in the order the
+ * shutdown needs: no new work (bus, sockets), drain, then the store. */
+static void
+daemon_clear (Daemon *d)
+{
+  g_clear_handle_id (&d->status_source, g_source_remove);
+  g_clear_pointer (&d->dbus, mcq_dbus_stop);
+  g_clear_pointer (&d->listener, mcq_listener_free);
+  if (d->serving)
+    {
+      drain (&d->server);
+      mcq_sd_watchdog_stop ();
+      d->serving = FALSE;
+    }
+  g_clear_pointer (&d->server.store, mcq_store_close);
+  g_clear_pointer (&d->server.auth, mcq_auth_free);
+  if (d->pidfile != NULL)
+    unlink (d->pidfile);
+  d->pidfile = NULL;
+  g_clear_pointer (&d->loop, g_main_loop_unref);
+  g_clear_pointer (&d->home, mcq_home_release);
+  g_clear_pointer (&d->home_path, g_free);
+}
+
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC (Daemon, daemon_clear)
+
+/* Berkeley DB allocates the whole cache when the environment opens and
+ * fails there with a panic that names no option: check -m first. */
+static gboolean
+check_cache_fits (const McqOptions *o, GError **error)
+{
+  long pages = sysconf (_SC_PHYS_PAGES), page_size = sysconf (_SC_PAGESIZE);
+  unsigned long long memory_mb = pages > 0 && page_size > 0
+    ? (unsigned long long) pages * (unsigned long long) page_size / (1024 * 1024) : 0;
+
+  if (memory_mb > 0 && o->cache_mb > memory_mb)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                   _("-m/--cache-size: %llu MiB is more than this machine's memory (%llu MiB)"),
+                   (unsigned long long) o->cache_mb, memory_mb);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* Logging at -v's level, the warnings for options without effect, and the
+ * resource limits: -r's core size, and as many descriptors (one per
+ * connection) as the hard limit allows. */
+static void
+set_up_process (const McqOptions *o)
+{
+  g_autoptr(GPtrArray) warnings = NULL;
+  struct rlimit rl;
+
+  mcq_log_setup (o->verbosity);
+  warnings = mcq_options_warnings (o);
+  for (guint i = 0; i < warnings->len; i++)
+    g_warning ("%s", (const char *) warnings->pdata[i]);
+
+  if (o->core_unlimited && getrlimit (RLIMIT_CORE, &rl) == 0)
+    {
+      rl.rlim_cur = rl.rlim_max;
+      if (setrlimit (RLIMIT_CORE, &rl) != 0)
+        g_warning (_("-r/--enable-coredumps: %s"), g_strerror (errno));
+    }
+
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
+    {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit (RLIMIT_NOFILE, &rl);
+    }
+  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur < (rlim_t) o->max_conns + 32)
+    g_warning (_("-c/--max-conns %u is above the open file limit (%lu); connections past "
+                 "it will wait"), o->max_conns, (unsigned long) rl.rlim_cur);
+}
+
+/* -Y is read while still root when started as root, so the file can stay
+ * private to root. */
+static gboolean
+load_auth (Daemon *d, const McqOptions *o, GError **error)
+{
+  if (o->auth_file == NULL)
+    return TRUE;
+  d->server.auth = mcq_auth_load (o->auth_file, error);
+  if (d->server.auth == NULL)
+    return FALSE;
+  g_info (_("clients must authenticate first: %u user:password line(s) in %s"),
+          mcq_auth_count (d->server.auth), o->auth_file);
+  return TRUE;
+}
+
+/* The sockets passed by the service manager, else -s and -l/-p.  Before
+ * the privileges go: a privileged port must be bound as root. */
+static gboolean
+open_sockets (Daemon *d, const McqOptions *o, GError **error)
+{
+  d->listener = mcq_listener_new ();
+  d->activated = mcq_listener_adopt_activated (d->listener, error);
+  if (d->activated < 0)
+    return FALSE;
+  if (d->activated > 0)
+    {
+      if (o->port_given || o->listen_addr || o->unix_path)
+        g_info (_("using the %d socket(s) passed by the service manager; -p/-l/-s are not used"),
+                d->activated);
+      return TRUE;
+    }
+  if (o->unix_path && !mcq_listener_add_unix (d->listener, o->unix_path, o->unix_mask, error))
+    return FALSE;
+  if ((o->unix_path == NULL || o->port_given) && o->port != 0 &&
+      !mcq_listener_add_tcp (d->listener, o->listen_addr ? o->listen_addr : "127.0.0.1",
+                             (guint16) o->port, error))
+    return FALSE;
+  if (mcq_listener_describe (d->listener)[0] == '\0')
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_INVALID_ARGUMENT,
+                           _("nothing to listen on: -p 0 was given without -s"));
+      return FALSE;
+    }
+  return TRUE;
+}
+
+/* -u when started as root; root without -u is warned about once the start
+ * has succeeded (root_kept). */
+static gboolean
+switch_user (Daemon *d, const McqOptions *o, GError **error)
+{
+  if (getuid () == 0 || geteuid () == 0)
+    {
+      if (o->user == NULL)
+        d->root_kept = TRUE;
+      else if (!drop_privileges (o->user, d->activated > 0 ? NULL : o->unix_path, error))
+        return FALSE;
+    }
+  else if (o->user != NULL)
+    g_warning (_("-u/--user is ignored: memcacheq was not started as root"));
+  return TRUE;
+}
+
+/* Locks the home, forks for -d (the parent waits for daemon_ready), opens
+ * the store and writes -P's pid file.  A failure after the fork is reported
+ * to the waiting parent. */
+static gboolean
+open_store (Daemon *d, const McqOptions *o, GError **error)
+{
+  McqStoreConfig cfg = { 0 };
+  g_autoptr(GError) cause = NULL;
+
+  d->home_path = mcq_options_home (o);
+  d->home = mcq_home_acquire (d->home_path, error);
+  if (d->home == NULL)
+    return FALSE;
+  if (o->daemonize)
+    {
+      d->notify_fd = daemonize ();
+      if (d->notify_fd < 0)
+        {
+          g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_FAILED, _("-d/--daemon: cannot fork"));
+          return FALSE;
+        }
+      mcq_home_write_pid (d->home);
+    }
+
+  cfg.home = d->home_path;
+  cfg.cache_bytes = o->cache_mb * 1024 * 1024;
+  cfg.page_size = o->page_size;
+  cfg.log_buffer_bytes = o->log_buffer_kb * 1024;
+  cfg.checkpoint_interval_s = o->checkpoint_s;
+  cfg.trickle_interval_s = o->trickle_s;
+  cfg.trickle_percent = o->trickle_percent;
+  cfg.no_sync = o->no_sync;
+  cfg.log_auto_remove = o->log_auto_remove;
+  cfg.cpu_placement = !o->no_cpu_placement;
+  d->server.store = mcq_store_open (&cfg, &cause);
+  if (d->server.store == NULL)
+    {
+      /* TRANSLATORS: the reason the database cannot be opened, then the directory. */
+      g_set_error (error, cause->domain, cause->code, _("%s (home %s)"), cause->message,
+                   d->home_path);
+      daemon_ready (d->notify_fd, 1);
+      return FALSE;
+    }
+  d->server.max_body = o->max_body;
+  d->server.max_conns = o->max_conns;
+  d->server.client_timeout_s = o->client_timeout_s;
+  d->server.start_time = g_get_real_time () / G_USEC_PER_SEC;
+  d->server.start_monotonic = g_get_monotonic_time ();
+
+  if (o->pidfile && !write_pidfile (o->pidfile, error))
+    {
+      daemon_ready (d->notify_fd, 1);
+      return FALSE;
+    }
+  d->pidfile = o->pidfile;
+  return TRUE;
+}
+
+/* Starts serving: the stop signals, the sockets, the bus (connected in the
+ * background; never a reason not to serve), systemd's READY=1, status and
+ * watchdog, the "ready" line, and the release of a waiting -d parent. */
+static void
+start_serving (Daemon *d, const McqOptions *o)
+{
+  g_autofree char *status = NULL;
+
+  /* Warned only once startup has succeeded, so that a failing start
+   * prints exactly one line: the reason. */
+  if (d->root_kept)
+    g_warning (_("running as root; use -u/--user to run as an unprivileged user"));
+
+  d->loop = g_main_loop_new (NULL, FALSE);
+  watch_stop_signals (d);
+  mcq_listener_start (d->listener, &d->server);
+  d->dbus = mcq_dbus_start (&d->server, bus_type (o));
+  status = status_line (&d->server);
+  mcq_sd_ready (status);
+  mcq_sd_watchdog_start ();
+  d->serving = TRUE;
+  d->status_source = g_timeout_add_seconds (STATUS_INTERVAL_S, on_status_tick, &d->server);
+  /* TRANSLATORS: the version, the sockets ("127.0.0.1:22201, unix:/run/x"),
+   * the database directory, then the durability mode. */
+  g_message (_("memcacheq %s ready on %s; home %s; %s"), MCQ_VERSION,
+             mcq_listener_describe (d->listener), d->home_path,
+             mcq_store_durable (d->server.store) ? _("durable (STORED after fsync)") : _("no-sync (-N)"));
+  daemon_ready (d->notify_fd, 0);
+}
+
 int
 main (int argc, char **argv)
 {
   g_auto(McqOptions) opts;
+  g_auto(Daemon) d = { .notify_fd = -1 };
   g_autoptr(GError) error = NULL;
-  g_autoptr(McqListener) listener = NULL;
-  g_autoptr(McqHome) home = NULL;
-  g_autoptr(GPtrArray) warnings = NULL;
-  g_autofree char *home_path = NULL;
-  g_autofree char *status = NULL;
-  McqStoreConfig store_cfg = { 0 };
-  McqServer server = { 0 };
-  McqDbus *dbus = NULL;
-  Daemon d = { 0 };
-  int activated, notify_fd = -1;
 
   mcq_i18n_init ();
   ignore_meaningless_signals ();
@@ -299,181 +521,20 @@ main (int argc, char **argv)
       g_print ("%s", license_text);
       return 0;
     }
-
-  /* Berkeley DB allocates the whole cache when the environment opens; one
-   * larger than the machine's memory failed there with a panic that asked
-   * for database recovery and did not name the option. */
-  long pages = sysconf (_SC_PHYS_PAGES), page_size = sysconf (_SC_PAGESIZE);
-  unsigned long long memory_mb = pages > 0 && page_size > 0
-    ? (unsigned long long) pages * (unsigned long long) page_size / (1024 * 1024) : 0;
-  if (memory_mb > 0 && opts.cache_mb > memory_mb)
-    {
-      g_autofree char *msg =
-        g_strdup_printf (_("-m/--cache-size: %llu MiB is more than this machine's memory (%llu MiB)"),
-                         (unsigned long long) opts.cache_mb, memory_mb);
-      return fail (msg);
-    }
-
-  mcq_log_setup (opts.verbosity);
-  warnings = mcq_options_warnings (&opts);
-  for (guint i = 0; i < warnings->len; i++)
-    g_warning ("%s", (const char *) warnings->pdata[i]);
-
-  if (opts.core_unlimited)
-    {
-      struct rlimit rl;
-      if (getrlimit (RLIMIT_CORE, &rl) == 0)
-        {
-          rl.rlim_cur = rl.rlim_max;
-          if (setrlimit (RLIMIT_CORE, &rl) != 0)
-            g_warning (_("-r/--enable-coredumps: %s"), g_strerror (errno));
-        }
-    }
-
-  /* Each connection is a descriptor: take what the hard limit allows. */
-  {
-    struct rlimit rl;
-    if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
-      {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit (RLIMIT_NOFILE, &rl);
-      }
-    if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        rl.rlim_cur < (rlim_t) opts.max_conns + 32)
-      g_warning (_("-c/--max-conns %u is above the open file limit (%lu); connections past "
-                   "it will wait"), opts.max_conns, (unsigned long) rl.rlim_cur);
-  }
-
-  /* Read while still root when started as root, so the file can stay
-   * private to root. */
-  if (opts.auth_file != NULL)
-    {
-      server.auth = mcq_auth_load (opts.auth_file, &error);
-      if (server.auth == NULL)
-        return fail (error->message);
-      g_info (_("clients must authenticate first: %u user:password line(s) in %s"),
-              mcq_auth_count (server.auth), opts.auth_file);
-    }
-
-  /* Sockets first: a privileged port must be bound before dropping root. */
-  listener = mcq_listener_new ();
-  activated = mcq_listener_adopt_activated (listener, &error);
-  if (activated < 0)
+  if (!check_cache_fits (&opts, &error))
     return fail (error->message);
-  if (activated > 0)
-    {
-      if (opts.port_given || opts.listen_addr || opts.unix_path)
-        g_info (_("using the %d socket(s) passed by the service manager; -p/-l/-s are not used"),
-                activated);
-    }
-  else
-    {
-      if (opts.unix_path && !mcq_listener_add_unix (listener, opts.unix_path, opts.unix_mask, &error))
-        return fail (error->message);
-      if ((opts.unix_path == NULL || opts.port_given) && opts.port != 0 &&
-          !mcq_listener_add_tcp (listener, opts.listen_addr ? opts.listen_addr : "127.0.0.1",
-                                 (guint16) opts.port, &error))
-        return fail (error->message);
-      if (mcq_listener_describe (listener)[0] == '\0')
-        return fail (_("nothing to listen on: -p 0 was given without -s"));
-    }
-
-  gboolean root_kept = FALSE;
-  if (getuid () == 0 || geteuid () == 0)
-    {
-      if (opts.user != NULL)
-        {
-          if (!drop_privileges (opts.user, activated > 0 ? NULL : opts.unix_path, &error))
-            return fail (error->message);
-        }
-      else
-        root_kept = TRUE;
-    }
-  else if (opts.user != NULL)
-    g_warning (_("-u/--user is ignored: memcacheq was not started as root"));
-
-  home_path = mcq_options_home (&opts);
-  home = mcq_home_acquire (home_path, &error);
-  if (home == NULL)
+  set_up_process (&opts);
+  if (!load_auth (&d, &opts, &error) || !open_sockets (&d, &opts, &error) ||
+      !switch_user (&d, &opts, &error) || !open_store (&d, &opts, &error))
     return fail (error->message);
 
-  if (opts.daemonize)
-    {
-      notify_fd = daemonize ();
-      if (notify_fd < 0)
-        return fail (_("-d/--daemon: cannot fork"));
-      mcq_home_write_pid (home);
-    }
-
-  store_cfg.home = home_path;
-  store_cfg.cache_bytes = opts.cache_mb * 1024 * 1024;
-  store_cfg.page_size = opts.page_size;
-  store_cfg.log_buffer_bytes = opts.log_buffer_kb * 1024;
-  store_cfg.checkpoint_interval_s = opts.checkpoint_s;
-  store_cfg.trickle_interval_s = opts.trickle_s;
-  store_cfg.trickle_percent = opts.trickle_percent;
-  store_cfg.no_sync = opts.no_sync;
-  store_cfg.log_auto_remove = opts.log_auto_remove;
-  store_cfg.cpu_placement = !opts.no_cpu_placement;
-  server.store = mcq_store_open (&store_cfg, &error);
-  if (server.store == NULL)
-    {
-      /* TRANSLATORS: the reason the database cannot be opened, then the directory. */
-      g_autofree char *msg = g_strdup_printf (_("%s (home %s)"), error->message, home_path);
-      daemon_ready (notify_fd, 1);
-      return fail (msg);
-    }
-  server.max_body = opts.max_body;
-  server.max_conns = opts.max_conns;
-  server.client_timeout_s = opts.client_timeout_s;
-  server.start_time = g_get_real_time () / G_USEC_PER_SEC;
-  server.start_monotonic = g_get_monotonic_time ();
-
-  if (opts.pidfile && !write_pidfile (opts.pidfile, &error))
-    {
-      daemon_ready (notify_fd, 1);
-      mcq_store_close (server.store);
-      return fail (error->message);
-    }
-
-  /* Warned only once startup has succeeded, so that a failing start
-   * prints exactly one line: the reason. */
-  if (root_kept)
-    g_warning (_("running as root; use -u/--user to run as an unprivileged user"));
-
-  d.loop = g_main_loop_new (NULL, FALSE);
-  d.server = &server;
-  watch_stop_signals (&d);
-
-  mcq_listener_start (listener, &server);
-  /* Connects in the background; the bus is never a reason not to serve. */
-  dbus = mcq_dbus_start (&server, bus_type (&opts));
-  status = status_line (&server);
-  mcq_sd_ready (status);
-  mcq_sd_watchdog_start ();
-  guint status_source = g_timeout_add_seconds (STATUS_INTERVAL_S, on_status_tick, &server);
-  /* TRANSLATORS: the version, the sockets ("127.0.0.1:22201, unix:/run/x"),
-   * the database directory, then the durability mode. */
-  g_message (_("memcacheq %s ready on %s; home %s; %s"), MCQ_VERSION,
-             mcq_listener_describe (listener), home_path,
-             mcq_store_durable (server.store) ? _("durable (STORED after fsync)") : _("no-sync (-N)"));
-  daemon_ready (notify_fd, 0);
-
+  start_serving (&d, &opts);
   g_main_loop_run (d.loop);
 
   mcq_sd_stopping ();
   /* TRANSLATORS: the signal's name, e.g. SIGTERM. */
   g_message (_("%s received, shutting down: finishing in-flight requests"), d.stopped_by);
-  g_source_remove (status_source);
-  g_clear_pointer (&dbus, mcq_dbus_stop);
-  g_clear_pointer (&listener, mcq_listener_free);
-  drain (&server);
-  mcq_sd_watchdog_stop ();
-  mcq_store_close (server.store);
-  g_clear_pointer (&server.auth, mcq_auth_free);
-  if (opts.pidfile)
-    unlink (opts.pidfile);
-  g_main_loop_unref (d.loop);
+  daemon_clear (&d);
   g_message (_("stopped cleanly"));
   return 0;
 }

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "i18n.h"
 #include "switches.h"
+#include "textout.h"
 
 #define BUS_NAME "org.memcacheq.MemcacheQ1"
 #define DAEMON_PATH "/org/memcacheq/MemcacheQ1"
@@ -225,45 +226,6 @@ connect_bus (Ctl *c, const char *bus)
 
 /* --- formatting ------------------------------------------------------------ */
 
-/* A name fit for a terminal: bytes that are not valid UTF-8 as \xHH. */
-static char *
-printable_name (const char *name)
-{
-  GString *out = g_string_new (NULL);
-  const char *p = name, *end = name + strlen (name);
-
-  while (p < end)
-    {
-      const char *bad;
-      if (g_utf8_validate (p, end - p, &bad))
-        {
-          g_string_append_len (out, p, end - p);
-          break;
-        }
-      g_string_append_len (out, p, bad - p);
-      g_string_append_printf (out, "\\x%02x", (guint8) *bad);
-      p = bad + 1;
-    }
-  return g_string_free (out, FALSE);
-}
-
-static void
-json_string (GString *out, const char *s)
-{
-  g_string_append_c (out, '"');
-  for (; *s; s++)
-    {
-      guchar ch = (guchar) *s;
-      if (ch == '"' || ch == '\\')
-        g_string_append_printf (out, "\\%c", ch);
-      else if (ch < 0x20 || ch == 0x7f)
-        g_string_append_printf (out, "\\u%04x", ch);
-      else
-        g_string_append_c (out, (char) ch);
-    }
-  g_string_append_c (out, '"');
-}
-
 static char *
 format_duration_us (guint64 us)
 {
@@ -278,102 +240,6 @@ format_duration_us (guint64 us)
   if (s < 86400)
     return g_strdup_printf ("%" G_GUINT64_FORMAT "h %02" G_GUINT64_FORMAT "m", s / 3600, s / 60 % 60);
   return g_strdup_printf ("%" G_GUINT64_FORMAT "d %02" G_GUINT64_FORMAT "h", s / 86400, s / 3600 % 24);
-}
-
-/* Terminal columns a string takes: CJK characters (translated headers and
- * labels, queue names) take two, combining marks none. */
-static guint
-display_width (const char *s)
-{
-  guint w = 0;
-
-  for (const char *p = s; *p; p = g_utf8_next_char (p))
-    {
-      gunichar ch = g_utf8_get_char_validated (p, -1);
-      if (ch == (gunichar) -1 || ch == (gunichar) -2)
-        w++;
-      else if (g_unichar_iswide (ch))
-        w += 2;
-      else if (!g_unichar_iszerowidth (ch))
-        w++;
-    }
-  return w;
-}
-
-static void
-pad (GString *out, guint n)
-{
-  for (guint k = 0; k < n; k++)
-    g_string_append_c (out, ' ');
-}
-
-/* Lines of "label  value", the values lined up two columns right of the
- * widest label. */
-static void
-print_fields (const char *const *labels, char **values, guint n)
-{
-  guint width = 0;
-
-  for (guint i = 0; i < n; i++)
-    width = MAX (width, display_width (labels[i]));
-  for (guint i = 0; i < n; i++)
-    {
-      g_autoptr(GString) line = g_string_new (labels[i]);
-      pad (line, width + 2 - display_width (labels[i]));
-      g_string_append (line, values[i]);
-      g_print ("%s\n", line->str);
-    }
-}
-
-/* A table: a header and rows of cells; the first column is left-aligned,
- * the others (numbers) right-aligned. */
-typedef struct {
-  GPtrArray *rows;              /* GStrv per row, the header first */
-} Table;
-
-static void
-table_init (Table *t, const char *const *header)
-{
-  t->rows = g_ptr_array_new_with_free_func ((GDestroyNotify) g_strfreev);
-  g_ptr_array_add (t->rows, g_strdupv ((char **) header));
-}
-
-static void
-table_add (Table *t, GStrv row)
-{
-  g_ptr_array_add (t->rows, row);
-}
-
-static void
-table_print (Table *t)
-{
-  guint ncols = g_strv_length (t->rows->pdata[0]);
-  g_autofree guint *width = g_new0 (guint, ncols);
-
-  for (guint r = 0; r < t->rows->len; r++)
-    {
-      char **row = t->rows->pdata[r];
-      for (guint i = 0; i < ncols && row[i]; i++)
-        width[i] = MAX (width[i], display_width (row[i]));
-    }
-  for (guint r = 0; r < t->rows->len; r++)
-    {
-      char **row = t->rows->pdata[r];
-      g_autoptr(GString) line = g_string_new (NULL);
-      for (guint i = 0; i < ncols && row[i]; i++)
-        {
-          guint fill = width[i] - display_width (row[i]);
-          if (i > 0)
-            g_string_append (line, "  ");
-          if (i > 0)
-            pad (line, fill);
-          g_string_append (line, row[i]);
-          if (i == 0 && i + 1 < ncols)
-            pad (line, fill);
-        }
-      g_print ("%s\n", line->str);
-    }
-  g_ptr_array_unref (t->rows);
 }
 
 static char *
@@ -457,9 +323,9 @@ static void
 json_queue (GString *out, const Queue *q)
 {
   g_string_append (out, "{\"Name\":");
-  json_string (out, q->display_name);
+  mcq_json_append_string (out, q->display_name);
   g_string_append (out, ",\"ObjectPath\":");
-  json_string (out, q->path);
+  mcq_json_append_string (out, q->path);
   g_string_append_printf (out, ",\"Enqueued\":%" G_GUINT64_FORMAT ",\"Dequeued\":%" G_GUINT64_FORMAT
                           ",\"Depth\":%" G_GUINT64_FORMAT ",\"Bytes\":%" G_GUINT64_FORMAT
                           ",\"OldestMessageAge\":%" G_GUINT64_FORMAT "}",
@@ -496,13 +362,13 @@ cmd_status (Ctl *c)
   if (c->json)
     {
       g_autoptr(GString) out = g_string_new ("{\"Version\":");
-      json_string (out, version);
+      mcq_json_append_string (out, version);
       g_string_append_printf (out, ",\"StartTime\":%" G_GUINT64_FORMAT ",\"CurrentConnections\":%u"
                               ",\"TotalConnections\":%" G_GUINT64_FORMAT ",\"QueueCount\":%u"
                               ",\"Durable\":%s,\"DamagedMessages\":%" G_GUINT64_FORMAT
                               ",\"StateDirectory\":",
                               start_us, curr, total, queues, durable ? "true" : "false", damaged);
-      json_string (out, dir);
+      mcq_json_append_string (out, dir);
       g_string_append (out, "}");
       g_print ("%s\n", out->str);
     }
@@ -529,7 +395,7 @@ cmd_status (Ctl *c)
         g_strdup_printf (_("%llu since start"), (unsigned long long) damaged),
       };
 
-      print_fields (labels, values, G_N_ELEMENTS (labels));
+      mcq_text_print_fields (labels, values, G_N_ELEMENTS (labels));
       for (guint i = 0; i < G_N_ELEMENTS (values); i++)
         g_free (values[i]);
     }
@@ -567,22 +433,22 @@ cmd_list (Ctl *c)
      * age of the oldest message in the queue. */
     const char *header[] = { _("QUEUE"), _("ENQUEUED"), _("DEQUEUED"), _("DEPTH"), _("BYTES"),
                              _("OLDEST"), NULL };
-    Table t;
+    McqTable t;
 
-    table_init (&t, header);
+    mcq_table_init (&t, header);
     for (guint i = 0; i < queues->len; i++)
       {
         const Queue *q = queues->pdata[i];
         char **row = g_new0 (char *, 7);
-        row[0] = printable_name (q->name);
+        row[0] = mcq_text_printable (q->name);
         row[1] = u64 (q->enqueued);
         row[2] = u64 (q->dequeued);
         row[3] = u64 (q->depth);
         row[4] = u64 (q->bytes);
         row[5] = q->depth > 0 ? format_duration_us (q->age_us) : g_strdup ("-");
-        table_add (&t, row);
+        mcq_table_add (&t, row);
       }
-    table_print (&t);
+    mcq_table_print (&t);
   }
   return EXIT_OK;
 }
@@ -600,7 +466,7 @@ cmd_stats (Ctl *c, const char *name)
                 g_variant_new ("(s)", QUEUE_IFACE), "(a{sv})", &error);
   if (reply == NULL)
     {
-      g_autofree char *shown = printable_name (name);
+      g_autofree char *shown = mcq_text_printable (name);
       return call_failed (c, error, shown);
     }
   props = g_variant_get_child_value (reply, 0);
@@ -613,7 +479,7 @@ cmd_stats (Ctl *c, const char *name)
     }
   else
     {
-      g_autofree char *shown = printable_name (q->name);
+      g_autofree char *shown = mcq_text_printable (q->name);
       g_autofree char *age = q->depth > 0 ? format_duration_us (q->age_us) : g_strdup ("-");
       const char *labels[] = {
         _("Queue:"), _("Object path:"), _("Enqueued:"), _("Dequeued:"), _("Depth:"), _("Bytes:"),
@@ -624,7 +490,7 @@ cmd_stats (Ctl *c, const char *name)
         u64 (q->depth), u64 (q->bytes), g_strdup (age),
       };
 
-      print_fields (labels, values, G_N_ELEMENTS (labels));
+      mcq_text_print_fields (labels, values, G_N_ELEMENTS (labels));
       for (guint i = 0; i < G_N_ELEMENTS (values); i++)
         g_free (values[i]);
     }
@@ -660,7 +526,7 @@ cmd_delete (Ctl *c, const char *name)
   if (c->json)
     {
       g_autoptr(GString) out = g_string_new ("{\"Name\":");
-      json_string (out, name);
+      mcq_json_append_string (out, name);
       g_string_append (out, ",\"Deleted\":true}");
       g_print ("%s\n", out->str);
     }
@@ -692,9 +558,87 @@ cmd_checkpoint (Ctl *c)
   return EXIT_OK;
 }
 
+/* Moves a sample's queues into before (emptied first), by name. */
+static void
+keep_sample (GHashTable *before, GPtrArray *sample)
+{
+  g_hash_table_remove_all (before);
+  while (sample->len > 0)
+    {
+      Queue *q = g_ptr_array_steal_index (sample, 0);
+      g_hash_table_replace (before, q->name, q);
+    }
+}
+
+/* A counter's rate per second over dt; a queue new since the last sample
+ * (or a counter that went back) counts from zero. */
+static double
+rate_per_s (guint64 now, guint64 then, double dt)
+{
+  return (double) (now - (then <= now ? then : 0)) / dt;
+}
+
+/* watch --json: one line per refresh. */
+static void
+watch_print_json (GHashTable *before, GPtrArray *now, const char *stamp, double dt)
+{
+  g_autoptr(GString) out = g_string_new ("{\"Time\":");
+
+  mcq_json_append_string (out, stamp);
+  g_string_append_printf (out, ",\"Interval\":%.3f,\"Queues\":[", dt);
+  for (guint i = 0; i < now->len; i++)
+    {
+      const Queue *q = now->pdata[i];
+      const Queue *b = g_hash_table_lookup (before, q->name);
+      if (i > 0)
+        g_string_append_c (out, ',');
+      g_string_append (out, "{\"Name\":");
+      mcq_json_append_string (out, q->display_name);
+      g_string_append_printf (out, ",\"Depth\":%" G_GUINT64_FORMAT
+                              ",\"EnqueueRate\":%.1f,\"DequeueRate\":%.1f}",
+                              q->depth, rate_per_s (q->enqueued, b ? b->enqueued : 0, dt),
+                              rate_per_s (q->dequeued, b ? b->dequeued : 0, dt));
+    }
+  g_string_append (out, "]}");
+  g_print ("%s\n", out->str);
+}
+
+/* watch: a table per refresh, on a cleared screen when stdout is a tty. */
+static void
+watch_print_table (Ctl *c, GHashTable *before, GPtrArray *now, const char *stamp, double dt,
+                   gboolean tty, int shown)
+{
+  /* TRANSLATORS: the column headers of "memcacheqctl watch": messages
+   * enqueued and dequeued per second. */
+  const char *header[] = { _("QUEUE"), _("DEPTH"), _("ENQ/S"), _("DEQ/S"), NULL };
+  g_autofree char *summary = NULL;
+  McqTable t;
+
+  if (tty)
+    g_print ("\033[H\033[2J");
+  else if (shown > 0)
+    g_print ("\n");
+  summary = g_strdup_printf (ngettext ("%u queue, rates over the last %.1f s",
+                                       "%u queues, rates over the last %.1f s", now->len),
+                             now->len, dt);
+  g_print ("%s  %s%s\n", stamp, summary, c->count <= 0 ? _(" (Ctrl-C to stop)") : "");
+  mcq_table_init (&t, header);
+  for (guint i = 0; i < now->len; i++)
+    {
+      const Queue *q = now->pdata[i];
+      const Queue *b = g_hash_table_lookup (before, q->name);
+      char **row = g_new0 (char *, 5);
+      row[0] = mcq_text_printable (q->name);
+      row[1] = u64 (q->depth);
+      row[2] = g_strdup_printf ("%.1f", rate_per_s (q->enqueued, b ? b->enqueued : 0, dt));
+      row[3] = g_strdup_printf ("%.1f", rate_per_s (q->dequeued, b ? b->dequeued : 0, dt));
+      mcq_table_add (&t, row);
+    }
+  mcq_table_print (&t);
+}
+
 /* Live rates: a GetManagedObjects a second, differences over the time
- * between the two samples.  A queue that is new since the last sample
- * counts from zero. */
+ * between the two samples. */
 static int
 cmd_watch (Ctl *c)
 {
@@ -707,11 +651,7 @@ cmd_watch (Ctl *c)
   first = list_queues (c, &error);
   if (first == NULL)
     return call_failed (c, error, NULL);
-  while (first->len > 0)
-    {
-      Queue *q = g_ptr_array_steal_index (first, 0);
-      g_hash_table_replace (before, q->name, q);
-    }
+  keep_sample (before, first);
 
   for (int shown = 0; c->count <= 0 || shown < c->count; shown++)
     {
@@ -733,93 +673,35 @@ cmd_watch (Ctl *c)
       stamp = g_date_time_format (clock, "%Y-%m-%d %H:%M:%S");
 
       if (c->json)
-        {
-          g_autoptr(GString) out = g_string_new ("{\"Time\":");
-          json_string (out, stamp);
-          g_string_append_printf (out, ",\"Interval\":%.3f,\"Queues\":[", dt);
-          for (guint i = 0; i < now->len; i++)
-            {
-              const Queue *q = now->pdata[i];
-              const Queue *b = g_hash_table_lookup (before, q->name);
-              double enq = (double) (q->enqueued - (b && b->enqueued <= q->enqueued ? b->enqueued : 0)) / dt;
-              double deq = (double) (q->dequeued - (b && b->dequeued <= q->dequeued ? b->dequeued : 0)) / dt;
-              if (i > 0)
-                g_string_append_c (out, ',');
-              g_string_append (out, "{\"Name\":");
-              json_string (out, q->display_name);
-              g_string_append_printf (out, ",\"Depth\":%" G_GUINT64_FORMAT
-                                      ",\"EnqueueRate\":%.1f,\"DequeueRate\":%.1f}",
-                                      q->depth, enq, deq);
-            }
-          g_string_append (out, "]}");
-          g_print ("%s\n", out->str);
-        }
+        watch_print_json (before, now, stamp, dt);
       else
-        {
-          /* TRANSLATORS: the column headers of "memcacheqctl watch": messages
-           * enqueued and dequeued per second. */
-          const char *header[] = { _("QUEUE"), _("DEPTH"), _("ENQ/S"), _("DEQ/S"), NULL };
-          g_autofree char *summary = NULL;
-          Table t;
-
-          if (tty)
-            g_print ("\033[H\033[2J");
-          else if (shown > 0)
-            g_print ("\n");
-          summary = g_strdup_printf (ngettext ("%u queue, rates over the last %.1f s",
-                                               "%u queues, rates over the last %.1f s", now->len),
-                                     now->len, dt);
-          g_print ("%s  %s%s\n", stamp, summary, c->count <= 0 ? _(" (Ctrl-C to stop)") : "");
-          table_init (&t, header);
-          for (guint i = 0; i < now->len; i++)
-            {
-              const Queue *q = now->pdata[i];
-              const Queue *b = g_hash_table_lookup (before, q->name);
-              char **row = g_new0 (char *, 5);
-              row[0] = printable_name (q->name);
-              row[1] = u64 (q->depth);
-              row[2] = g_strdup_printf ("%.1f", (double) (q->enqueued - (b && b->enqueued <= q->enqueued ? b->enqueued : 0)) / dt);
-              row[3] = g_strdup_printf ("%.1f", (double) (q->dequeued - (b && b->dequeued <= q->dequeued ? b->dequeued : 0)) / dt);
-              table_add (&t, row);
-            }
-          table_print (&t);
-        }
+        watch_print_table (c, before, now, stamp, dt, tty, shown);
       fflush (stdout);
-
-      g_hash_table_remove_all (before);
-      while (now->len > 0)
-        {
-          Queue *q = g_ptr_array_steal_index (now, 0);
-          g_hash_table_replace (before, q->name, q);
-        }
+      keep_sample (before, now);
       t_before = t_now;
     }
   return EXIT_OK;
 }
 
-int
-main (int argc, char **argv)
+/* The options into c, *bus and *version; FALSE with error on bad usage.
+ * argv keeps the command and its argument. */
+static gboolean
+parse_command_line (Ctl *c, char **bus, gboolean *version, int *argc, char ***argv,
+                    GError **error)
 {
   g_autoptr(GOptionContext) ctx = NULL;
-  g_autoptr(GError) error = NULL;
-  g_autofree char *bus = NULL;
-  gboolean version = FALSE;
-  Ctl c = { 0 };
-  const char *cmd;
-  int rc;
   const GOptionEntry entries[] = {
-    { "bus", 'b', 0, G_OPTION_ARG_STRING, &bus,
+    { "bus", 'b', 0, G_OPTION_ARG_STRING, bus,
       N_("the bus memcacheq is on: system (the default; $DBUS_SYSTEM_BUS_ADDRESS is honoured), "
          "session, or a D-Bus address such as unix:path=/run/dbus/system_bus_socket"), N_("BUS") },
-    { "json", 'j', 0, G_OPTION_ARG_NONE, &c.json,
+    { "json", 'j', 0, G_OPTION_ARG_NONE, &c->json,
       N_("print JSON instead of tables (watch: one line per refresh)"), NULL },
-    { "count", 'n', 0, G_OPTION_ARG_INT, &c.count,
+    { "count", 'n', 0, G_OPTION_ARG_INT, &c->count,
       N_("watch: stop after N refreshes (default: run until interrupted)"), N_("N") },
-    { "version", 'V', 0, G_OPTION_ARG_NONE, &version, N_("print the version and exit"), NULL },
+    { "version", 'V', 0, G_OPTION_ARG_NONE, version, N_("print the version and exit"), NULL },
     { NULL }
   };
 
-  mcq_i18n_init ();
   /* TRANSLATORS: the arguments after the options, in the usage line. */
   ctx = g_option_context_new (N_("COMMAND [QUEUE]"));
   g_option_context_set_translation_domain (ctx, GETTEXT_PACKAGE);
@@ -846,18 +728,19 @@ main (int argc, char **argv)
          "  3  no such queue\n"
          "  4  permission denied by the bus policy\n"
          "  5  delete or checkpoint sent but not answered in time: it may still be carried out"));
-  if (!mcq_option_check_switches (entries, argc, argv, &error) ||
-      !g_option_context_parse (ctx, &argc, &argv, &error))
-    return fail (EXIT_FAIL, _("%s (see --help)"), error->message);
-  if (version)
-    {
-      g_print ("memcacheqctl %s\n", MCQ_VERSION);
-      return EXIT_OK;
-    }
+  return mcq_option_check_switches (entries, *argc, *argv, error) &&
+         g_option_context_parse (ctx, argc, argv, error);
+}
+
+/* The command's name and argument count; an exit status when wrong. */
+static int
+check_command (int argc, char **argv)
+{
+  const char *cmd;
+
   if (argc < 2)
     return fail (EXIT_FAIL, _("no command given (see --help)"));
   cmd = argv[1];
-
   if (strcmp (cmd, "stats") == 0 || strcmp (cmd, "delete") == 0)
     {
       if (argc != 3)
@@ -871,25 +754,53 @@ main (int argc, char **argv)
     }
   else
     return fail (EXIT_FAIL, _("unknown command “%s” (see --help)"), cmd);
+  return EXIT_OK;
+}
+
+/* Runs a command check_command accepted. */
+static int
+run_command (Ctl *c, const char *cmd, char **args)
+{
+  if (strcmp (cmd, "status") == 0)
+    return cmd_status (c);
+  if (strcmp (cmd, "list") == 0)
+    return cmd_list (c);
+  if (strcmp (cmd, "stats") == 0)
+    return cmd_stats (c, args[0]);
+  if (strcmp (cmd, "delete") == 0)
+    return cmd_delete (c, args[0]);
+  if (strcmp (cmd, "checkpoint") == 0)
+    return cmd_checkpoint (c);
+  return cmd_watch (c);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *bus = NULL;
+  gboolean version = FALSE;
+  Ctl c = { 0 };
+  int rc;
+
+  mcq_i18n_init ();
+  if (!parse_command_line (&c, &bus, &version, &argc, &argv, &error))
+    return fail (EXIT_FAIL, _("%s (see --help)"), error->message);
+  if (version)
+    {
+      g_print ("memcacheqctl %s\n", MCQ_VERSION);
+      return EXIT_OK;
+    }
+  rc = check_command (argc, argv);
+  if (rc != EXIT_OK)
+    return rc;
   if (c.count < 0)
     return fail (EXIT_FAIL, _("--count: must not be negative"));
 
   rc = connect_bus (&c, bus);
   if (rc != EXIT_OK)
     return rc;
-
-  if (strcmp (cmd, "status") == 0)
-    rc = cmd_status (&c);
-  else if (strcmp (cmd, "list") == 0)
-    rc = cmd_list (&c);
-  else if (strcmp (cmd, "stats") == 0)
-    rc = cmd_stats (&c, argv[2]);
-  else if (strcmp (cmd, "delete") == 0)
-    rc = cmd_delete (&c, argv[2]);
-  else if (strcmp (cmd, "checkpoint") == 0)
-    rc = cmd_checkpoint (&c);
-  else
-    rc = cmd_watch (&c);
+  rc = run_command (&c, argv[1], argv + 2);
   g_clear_object (&c.conn);
   return rc;
 }

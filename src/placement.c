@@ -2,37 +2,14 @@
  * of the home's disk (durable mode), found through sysfs and
  * /proc/irq/N/effective_affinity_list; plus the CPU-list parsing it needs.
  *
- * Why.  Every group-commit fsync is two requests to the disk: the log's
- * pages, then a cache flush.  Their completions arrive as interrupts on
- * the CPUs the disk's interrupts are bound to; each wakes the sync thread,
- * and the kernel issues the flush from a kblockd worker on the CPU the
- * sync thread runs on.  Wherever the scheduler put it (often next to the
- * busy main thread, which woke it) each step waited.  Traced on the 2-CPU
- * test machine (virtio disk, its interrupts on CPU 1; durable set+get, 50
- * connections): from the write's completion to the flush's issue 86-139
- * us on average; one fsync under load 230 us.  Runs of 4 s, alternating
- * (50 connections / 1 connection):
- *   left to the scheduler                  118-120k ops/s / 11.4-12.1k, p99 216-383 us
- *   sync thread on the interrupts' CPU     129-135k      / 12.0k, p99 212-224 us
- *   main thread kept off that CPU          129-133k      / 6.8-8.1k, p99 460-600 us
- *   both                                   132-136k      / 8.2-8.8k
- *   sync thread on the other CPU           112-121k
- * and no scheduling class or nice value for the sync thread helped.  So
- * only the sync thread moves: it hardly uses CPU (1.1 us per op), and the
- * main thread stays free to go where the scheduler finds room.  -N has no
- * disk on its hot path: left alone.
- *
- * The choice is made once, when the sync thread starts: if the interrupts
- * move later (irqbalance), the thread is where "on the other CPU" above
- * put it, about as if nothing had been done; a restart chooses again.
- *
- * Nothing is done where it cannot help or the kernel does not say: a disk
- * with a queue (and interrupt) per CPU, as NVMe and multi-queue virtio
- * have, covers every CPU; tmpfs, device-mapper or a network filesystem has
- * no interrupts of its own in sysfs, nor has a controller on legacy
- * (non-MSI) interrupts.  The union may include a device's configuration
- * interrupt (virtio-config, an NVMe admin queue): that can only make it do
- * less. */
+ * Each group-commit fsync completes through those interrupts, so a sync
+ * thread on their CPUs answers them without a cross-CPU wake-up; the main
+ * thread is left to the scheduler, and -N (no disk on its hot path) is left
+ * alone.  The choice is made once, when the sync thread starts.  Nothing is
+ * done where it cannot help or the kernel does not say: a disk with a
+ * queue per CPU (NVMe, multi-queue virtio), or one without interrupts of
+ * its own in sysfs (tmpfs, device-mapper, network, legacy non-MSI).
+ * Figures: doc/performance.md. */
 #include "placement.h"
 #include "i18n.h"
 

@@ -23,6 +23,7 @@
 #include "config.h"
 #include "../i18n.h"
 #include "../switches.h"
+#include "../textout.h"
 
 BenchConfig cfg;
 _Atomic int g_phase;
@@ -281,45 +282,12 @@ connect_one (const struct sockaddr *sa, socklen_t salen, int family, char *err, 
   return fd;
 }
 
-/* Terminal columns a string takes (translated labels may be CJK, two each). */
-static guint
-display_width (const char *s)
-{
-  guint w = 0;
-
-  if (!g_utf8_validate (s, -1, NULL))
-    return (guint) strlen (s);
-  for (const char *p = s; *p; p = g_utf8_next_char (p))
-    {
-      gunichar ch = g_utf8_get_char (p);
-      w += g_unichar_iswide (ch) ? 2 : g_unichar_iszerowidth (ch) ? 0 : 1;
-    }
-  return w;
-}
-
 /* "  label   " of the text report: the values start three columns after
  * the widest label. */
 static void
 label (const char *text, guint width)
 {
-  printf ("  %s%*s", text, (int) (width + 3 - display_width (text)), "");
-}
-
-static void
-json_str (GString *out, const char *s)
-{
-  g_string_append_c (out, '"');
-  for (; *s; s++)
-    {
-      unsigned char ch = (unsigned char) *s;
-      if (ch == '"' || ch == '\\')
-        g_string_append_printf (out, "\\%c", ch);
-      else if (ch < 0x20)
-        g_string_append_printf (out, "\\u%04x", ch);
-      else
-        g_string_append_c (out, (char) ch);
-    }
-  g_string_append_c (out, '"');
+  printf ("  %s%*s", text, (int) (width + 3 - mcq_text_width (text)), "");
 }
 
 /* Closes and frees every connection opened so far (g_conns is zeroed
@@ -338,11 +306,31 @@ free_connections (Worker *workers, unsigned threads)
   free (g_conns);
 }
 
-int
-main (int argc, char **argv)
+/* Where the connections go, and its name for the report. */
+typedef struct {
+  struct sockaddr_storage ss;
+  socklen_t sslen;
+  int family;
+  char name[600];
+} Target;
+
+/* The measured window: wall clock and CPU times at its two ends. */
+typedef struct {
+  uint64_t t0, t1;
+  double srv0, srv1, self0, self1;
+} Window;
+
+/* The workers' counters summed. */
+typedef struct {
+  Hist *hist;
+  uint64_t ops, sets, gets, hits, misses, foreign, errors, lost;
+} Totals;
+
+/* Parses the command line into the opt_ variables; exits on bad usage. */
+static void
+parse_options (int argc, char **argv)
 {
   g_autoptr (GError) error = NULL;
-  mcq_i18n_init ();
   GOptionContext *ctx = g_option_context_new (N_("- load generator and verifier for memcacheq"));
   g_option_context_set_translation_domain (ctx, GETTEXT_PACKAGE);
   g_option_context_add_main_entries (ctx, entries, GETTEXT_PACKAGE);
@@ -358,12 +346,17 @@ main (int argc, char **argv)
   if (opt_version)
     {
       printf ("memcacheq-bench %s\n", MCQ_VERSION);
-      return 0;
+      exit (0);
     }
   if (argc > 1)
     usage_error (_("unexpected argument \"%s\" (see --help)"), argv[1]);
+}
 
-  /* ---- validate ---- */
+/* --protocol, --mix and the ranges of the numeric options; exits on the
+ * first bad one. */
+static void
+check_ranges (void)
+{
   if (!opt_protocol || strcmp (opt_protocol, "memcache") == 0)
     cfg.protocol = PROTO_MEMCACHE;
   else if (strcmp (opt_protocol, "redis") == 0)
@@ -403,6 +396,13 @@ main (int argc, char **argv)
     usage_error (_("--threads: %d: expected 1 to 1024"), opt_threads);
   if (opt_pid < 0 || (opt_pid > 0 && proc_cpu_us (opt_pid) < 0))
     usage_error (_("--pid: %d: no such process (cannot read /proc/%d/stat)"), opt_pid, opt_pid);
+}
+
+/* The options that depend on each other, then cfg filled in from them. */
+static void
+configure (void)
+{
+  check_ranges ();
   if (opt_cache && cfg.protocol != PROTO_MEMCACHE)
     usage_error (_("--cache needs --protocol=memcache"));
   if (opt_auth_file && cfg.protocol != PROTO_MEMCACHE)
@@ -435,26 +435,25 @@ main (int argc, char **argv)
     cfg.threads = cfg.conns;
   if (getrandom (&cfg.tag, sizeof cfg.tag, 0) != sizeof cfg.tag)
     cfg.tag = (uint32_t) (now_ns () ^ ((uint64_t) getpid () << 16));
-  signal (SIGPIPE, SIG_IGN);
-  msg_init (cfg.size);
+}
 
-  /* ---- address ---- */
-  struct sockaddr_storage ss;
-  socklen_t sslen;
-  int family;
-  char target[600];
+/* --unix, else --server:--port resolved; exits when the name does not resolve. */
+static void
+resolve_target (Target *t)
+{
   int port = opt_port > 0 ? opt_port : (cfg.protocol == PROTO_REDIS ? 6379 : 22201);
+
   if (opt_unix)
     {
-      struct sockaddr_un *sun = (struct sockaddr_un *) &ss;
+      struct sockaddr_un *sun = (struct sockaddr_un *) &t->ss;
       memset (sun, 0, sizeof *sun);
       if (strlen (opt_unix) >= sizeof sun->sun_path)
         usage_error (_("--unix: path too long"));
       sun->sun_family = AF_UNIX;
       strcpy (sun->sun_path, opt_unix);
-      sslen = sizeof *sun;
-      family = AF_UNIX;
-      snprintf (target, sizeof target, "unix:%s", opt_unix);
+      t->sslen = sizeof *sun;
+      t->family = AF_UNIX;
+      snprintf (t->name, sizeof t->name, "unix:%s", opt_unix);
     }
   else
     {
@@ -465,38 +464,44 @@ main (int argc, char **argv)
       int rc = getaddrinfo (host, portstr, &hints, &ai);
       if (rc != 0 || !ai)
         usage_error ("%s: %s", host, gai_strerror (rc));
-      memcpy (&ss, ai->ai_addr, ai->ai_addrlen);
-      sslen = ai->ai_addrlen;
-      family = ai->ai_family;
+      memcpy (&t->ss, ai->ai_addr, ai->ai_addrlen);
+      t->sslen = ai->ai_addrlen;
+      t->family = ai->ai_family;
       freeaddrinfo (ai);
-      snprintf (target, sizeof target, "%s:%d", host, port);
+      snprintf (t->name, sizeof t->name, "%s:%d", host, port);
     }
+}
 
-  /* ---- connections and workers ---- */
+/* The workers and their epoll sets, then every connection, dealt to the
+ * workers in turn.  NULL (everything freed, the reason printed) when a
+ * connection fails. */
+static Worker *
+open_connections (const Target *t)
+{
   g_nconns = cfg.conns;
   g_conns = calloc (cfg.conns, sizeof (Conn *));
   Worker *workers = calloc (cfg.threads, sizeof (Worker));
   if (!g_conns || !workers)
     abort ();
-  for (unsigned t = 0; t < cfg.threads; t++)
+  for (unsigned i = 0; i < cfg.threads; i++)
     {
-      workers[t].idx = t;
-      workers[t].ep = epoll_create1 (EPOLL_CLOEXEC);
-      workers[t].conns = calloc (cfg.conns / cfg.threads + 1, sizeof (Conn *));
-      if (workers[t].ep < 0 || !workers[t].conns)
+      workers[i].idx = i;
+      workers[i].ep = epoll_create1 (EPOLL_CLOEXEC);
+      workers[i].conns = calloc (cfg.conns / cfg.threads + 1, sizeof (Conn *));
+      if (workers[i].ep < 0 || !workers[i].conns)
         abort ();
     }
   for (unsigned i = 0; i < cfg.conns; i++)
     {
       char err[256];
-      int fd = connect_one ((struct sockaddr *) &ss, sslen, family, err, sizeof err);
+      int fd = connect_one ((const struct sockaddr *) &t->ss, t->sslen, t->family, err, sizeof err);
       if (fd < 0)
         {
           fputs ("memcacheq-bench: ", stderr);
-          fprintf (stderr, _("cannot connect to %s (connection %u): %s"), target, i, err);
+          fprintf (stderr, _("cannot connect to %s (connection %u): %s"), t->name, i, err);
           fputs ("\n", stderr);
           free_connections (workers, cfg.threads);
-          return 2;
+          return NULL;
         }
       Conn *c = conn_new (i, fd);
       Worker *w = &workers[i % cfg.threads];
@@ -506,186 +511,239 @@ main (int argc, char **argv)
       w->conns[w->nconns++] = c;
       g_conns[i] = c;
     }
+  return workers;
+}
 
-  /* ---- run ---- */
-  double srv0 = -1, srv1 = -1, self0 = 0, self1 = 0;
-  uint64_t t0 = 0, t1 = 0;
+static void
+window_open (Window *win)
+{
+  win->srv0 = opt_pid ? proc_cpu_us (opt_pid) : -1;
+  win->self0 = self_cpu_us ();
+  win->t0 = now_ns ();
+}
+
+static void
+window_close (Window *win)
+{
+  win->srv1 = opt_pid ? proc_cpu_us (opt_pid) : -1;
+  win->self1 = self_cpu_us ();
+}
+
+/* --duration: sleeps until the window's end or until every worker has
+ * exited (all its connections dropped), then stops and joins them. */
+static void
+wait_duration (Worker *workers, Window *win)
+{
+  uint64_t end = win->t0 + (uint64_t) (opt_duration * 1e9);
+  for (;;)
+    {
+      uint64_t now = now_ns ();
+      if (now >= end)
+        break;
+      bool all_exited = true;
+      for (unsigned t = 0; t < cfg.threads; t++)
+        if (!atomic_load (&workers[t].exited))
+          all_exited = false;
+      if (all_exited)
+        break;
+      double left = (double) (end - now) / 1e9;
+      sleep_s (left < 0.02 ? left : 0.02);
+    }
+  win->t1 = now_ns ();
+  atomic_store_explicit (&g_phase, PHASE_DONE, memory_order_release);
+  window_close (win);
+  for (unsigned t = 0; t < cfg.threads; t++)
+    pthread_join (workers[t].thread, NULL);
+}
+
+/* --requests: joins the workers; the window ends with the last one done. */
+static void
+wait_requests (Worker *workers, Window *win)
+{
+  for (unsigned t = 0; t < cfg.threads; t++)
+    pthread_join (workers[t].thread, NULL);
+  win->t1 = win->t0;
+  for (unsigned t = 0; t < cfg.threads; t++)
+    if (workers[t].finish_ns > win->t1)
+      win->t1 = workers[t].finish_ns;
+  window_close (win);
+  atomic_store_explicit (&g_phase, PHASE_DONE, memory_order_release);
+}
+
+/* Starts the workers, warms up, and measures one window; FALSE when a
+ * worker thread cannot start. */
+static bool
+run (Worker *workers, Window *win)
+{
   atomic_store (&g_phase, opt_warmup > 0 ? PHASE_WARMUP : PHASE_MEASURE);
   if (opt_warmup <= 0)
-    {
-      srv0 = opt_pid ? proc_cpu_us (opt_pid) : -1;
-      self0 = self_cpu_us ();
-      t0 = now_ns ();
-    }
+    window_open (win);
   for (unsigned t = 0; t < cfg.threads; t++)
     if (pthread_create (&workers[t].thread, NULL, worker_main, &workers[t]) != 0)
       {
         perror ("memcacheq-bench: pthread_create");
-        return 2;
+        return false;
       }
   if (opt_warmup > 0)
     {
       sleep_s (opt_warmup);
-      srv0 = opt_pid ? proc_cpu_us (opt_pid) : -1;
-      self0 = self_cpu_us ();
-      t0 = now_ns ();
+      window_open (win);
       atomic_store_explicit (&g_phase, PHASE_MEASURE, memory_order_release);
     }
   if (!cfg.requests)
-    {
-      uint64_t end = t0 + (uint64_t) (opt_duration * 1e9);
-      for (;;)
-        {
-          uint64_t now = now_ns ();
-          if (now >= end)
-            break;
-          bool all_exited = true;
-          for (unsigned t = 0; t < cfg.threads; t++)
-            if (!atomic_load (&workers[t].exited))
-              all_exited = false;
-          if (all_exited)
-            break;
-          double left = (double) (end - now) / 1e9;
-          sleep_s (left < 0.02 ? left : 0.02);
-        }
-      t1 = now_ns ();
-      atomic_store_explicit (&g_phase, PHASE_DONE, memory_order_release);
-      srv1 = opt_pid ? proc_cpu_us (opt_pid) : -1;
-      self1 = self_cpu_us ();
-      for (unsigned t = 0; t < cfg.threads; t++)
-        pthread_join (workers[t].thread, NULL);
-    }
+    wait_duration (workers, win);
   else
-    {
-      for (unsigned t = 0; t < cfg.threads; t++)
-        pthread_join (workers[t].thread, NULL);
-      t1 = t0;
-      for (unsigned t = 0; t < cfg.threads; t++)
-        if (workers[t].finish_ns > t1)
-          t1 = workers[t].finish_ns;
-      srv1 = opt_pid ? proc_cpu_us (opt_pid) : -1;
-      self1 = self_cpu_us ();
-      atomic_store_explicit (&g_phase, PHASE_DONE, memory_order_release);
-    }
+    wait_requests (workers, win);
+  return true;
+}
 
-  /* ---- report ---- */
-  Hist *hist = calloc (1, sizeof (Hist));
-  uint64_t ops = 0, sets = 0, gets = 0, hits = 0, misses = 0, foreign = 0, errors = 0, lost = 0;
+static void
+sum_workers (const Worker *workers, Totals *tot)
+{
+  tot->hist = calloc (1, sizeof (Hist));
   for (unsigned t = 0; t < cfg.threads; t++)
     {
-      Worker *w = &workers[t];
-      hist_merge (hist, &w->hist);
-      ops += w->ops;
-      sets += w->sets;
-      gets += w->gets;
-      hits += w->hits;
-      misses += w->misses;
-      foreign += w->foreign;
-      errors += w->errors;
-      lost += w->conns_lost;
+      const Worker *w = &workers[t];
+      hist_merge (tot->hist, &w->hist);
+      tot->ops += w->ops;
+      tot->sets += w->sets;
+      tot->gets += w->gets;
+      tot->hits += w->hits;
+      tot->misses += w->misses;
+      tot->foreign += w->foreign;
+      tot->errors += w->errors;
+      tot->lost += w->conns_lost;
     }
-  double secs = (double) (t1 - t0) / 1e9;
-  double rate = secs > 0 ? (double) ops / secs : 0;
-  double srv_us_op = (opt_pid && srv0 >= 0 && srv1 >= 0 && ops) ? (srv1 - srv0) / (double) ops : -1;
-  double self_us_op = ops ? (self1 - self0) / (double) ops : -1;
-  double self_util = secs > 0 ? (self1 - self0) / 1e6 / secs / cfg.threads : 0;
-  double p50 = hist_quantile (hist, 0.50) / 1e3, p99 = hist_quantile (hist, 0.99) / 1e3;
-  double p999 = hist_quantile (hist, 0.999) / 1e3, pmax = (double) hist->max / 1e3;
-  double mean = hist_mean (hist) / 1e3;
+}
+
+/* The figures both reports print, derived from the window and the totals. */
+typedef struct {
+  double secs, rate, srv_us_op, self_us_op, self_util;
+  double p50, p99, p999, pmax, mean;
+  const char *mix, *proto;
+} Figures;
+
+static void
+compute_figures (const Window *win, const Totals *tot, Figures *f)
+{
   static const char *mixes[] = { "set", "get", "setget" };
-  const char *proto = cfg.protocol == PROTO_REDIS ? "redis" : "memcache";
 
-  if (opt_json)
-    {
-      GString *j = g_string_new ("{");
-      g_string_append (j, "\"target\":");
-      json_str (j, target);
-      g_string_append_printf (j, ",\"protocol\":\"%s\",\"mix\":\"%s\",\"connections\":%u,\"threads\":%u,"
-                              "\"queues\":%u,\"size\":%zu,\"pipeline\":%u,\"cache\":%s,\"warmup_s\":%.3f,"
-                              "\"seconds\":%.6f,\"ops\":%" G_GUINT64_FORMAT ",\"ops_per_sec\":%.1f,"
-                              "\"sets\":%" G_GUINT64_FORMAT ",\"gets\":%" G_GUINT64_FORMAT
-                              ",\"hits\":%" G_GUINT64_FORMAT ",\"misses\":%" G_GUINT64_FORMAT
-                              ",\"foreign\":%" G_GUINT64_FORMAT ",\"errors\":%" G_GUINT64_FORMAT
-                              ",\"connections_lost\":%" G_GUINT64_FORMAT
-                              ",\"mean_us\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"max_us\":%.2f",
-                              proto, mixes[cfg.mix], cfg.conns, cfg.threads, cfg.queues, cfg.size, cfg.pipeline,
-                              cfg.cache ? "true" : "false", opt_warmup, secs, ops, rate, sets, gets, hits,
-                              misses, foreign, errors, lost, mean, p50, p99, p999, pmax);
-      if (opt_pid)
-        g_string_append_printf (j, ",\"pid\":%d", opt_pid);
-      if (srv_us_op >= 0)
-        g_string_append_printf (j, ",\"server_cpu_us_per_op\":%.3f,\"server_cpu_s\":%.3f",
-                                srv_us_op, (srv1 - srv0) / 1e6);
-      else
-        g_string_append (j, ",\"server_cpu_us_per_op\":null");
-      g_string_append_printf (j, ",\"bench_cpu_us_per_op\":%.3f,\"bench_cpu_util\":%.3f}",
-                              self_us_op, self_util);
-      puts (j->str);
-      g_string_free (j, TRUE);
-    }
+  f->secs = (double) (win->t1 - win->t0) / 1e9;
+  f->rate = f->secs > 0 ? (double) tot->ops / f->secs : 0;
+  f->srv_us_op = (opt_pid && win->srv0 >= 0 && win->srv1 >= 0 && tot->ops)
+    ? (win->srv1 - win->srv0) / (double) tot->ops : -1;
+  f->self_us_op = tot->ops ? (win->self1 - win->self0) / (double) tot->ops : -1;
+  f->self_util = f->secs > 0 ? (win->self1 - win->self0) / 1e6 / f->secs / cfg.threads : 0;
+  f->p50 = hist_quantile (tot->hist, 0.50) / 1e3;
+  f->p99 = hist_quantile (tot->hist, 0.99) / 1e3;
+  f->p999 = hist_quantile (tot->hist, 0.999) / 1e3;
+  f->pmax = (double) tot->hist->max / 1e3;
+  f->mean = hist_mean (tot->hist) / 1e3;
+  f->mix = mixes[cfg.mix];
+  f->proto = cfg.protocol == PROTO_REDIS ? "redis" : "memcache";
+}
+
+/* --json: the result as one line of JSON. */
+static void
+report_json (const Target *t, const Window *win, const Totals *tot, const Figures *f)
+{
+  GString *j = g_string_new ("{");
+  g_string_append (j, "\"target\":");
+  mcq_json_append_string (j, t->name);
+  g_string_append_printf (j, ",\"protocol\":\"%s\",\"mix\":\"%s\",\"connections\":%u,\"threads\":%u,"
+                          "\"queues\":%u,\"size\":%zu,\"pipeline\":%u,\"cache\":%s,\"warmup_s\":%.3f,"
+                          "\"seconds\":%.6f,\"ops\":%" G_GUINT64_FORMAT ",\"ops_per_sec\":%.1f,"
+                          "\"sets\":%" G_GUINT64_FORMAT ",\"gets\":%" G_GUINT64_FORMAT
+                          ",\"hits\":%" G_GUINT64_FORMAT ",\"misses\":%" G_GUINT64_FORMAT
+                          ",\"foreign\":%" G_GUINT64_FORMAT ",\"errors\":%" G_GUINT64_FORMAT
+                          ",\"connections_lost\":%" G_GUINT64_FORMAT
+                          ",\"mean_us\":%.2f,\"p50_us\":%.2f,\"p99_us\":%.2f,\"p999_us\":%.2f,\"max_us\":%.2f",
+                          f->proto, f->mix, cfg.conns, cfg.threads, cfg.queues, cfg.size, cfg.pipeline,
+                          cfg.cache ? "true" : "false", opt_warmup, f->secs, tot->ops, f->rate,
+                          tot->sets, tot->gets, tot->hits, tot->misses, tot->foreign, tot->errors,
+                          tot->lost, f->mean, f->p50, f->p99, f->p999, f->pmax);
+  if (opt_pid)
+    g_string_append_printf (j, ",\"pid\":%d", opt_pid);
+  if (f->srv_us_op >= 0)
+    g_string_append_printf (j, ",\"server_cpu_us_per_op\":%.3f,\"server_cpu_s\":%.3f",
+                            f->srv_us_op, (win->srv1 - win->srv0) / 1e6);
   else
-    {
-      /* TRANSLATORS: the report's labels; the values are lined up after the
-       * widest one. */
-      const char *l_measured = _("measured"), *l_throughput = _("throughput"),
-                 *l_foreign = _("foreign"), *l_latency = _("latency"), *l_errors = _("errors"),
-                 *l_server = _("server CPU"), *l_bench = _("bench CPU");
-      const char *all[] = { l_measured, l_throughput, l_foreign, l_latency, l_errors, l_server, l_bench };
-      guint width = 0;
+    g_string_append (j, ",\"server_cpu_us_per_op\":null");
+  g_string_append_printf (j, ",\"bench_cpu_us_per_op\":%.3f,\"bench_cpu_util\":%.3f}",
+                          f->self_us_op, f->self_util);
+  puts (j->str);
+  g_string_free (j, TRUE);
+}
 
-      for (guint i = 0; i < G_N_ELEMENTS (all); i++)
-        width = MAX (width, display_width (all[i]));
-      printf (_("memcacheq-bench %s: %s %s, %u connection(s), %u thread(s), %u queue(s), "
-                "%zu-byte messages, mix %s, pipeline %u%s\n"),
-              MCQ_VERSION, proto, target, cfg.conns, cfg.threads, cfg.queues, cfg.size, mixes[cfg.mix],
-              cfg.pipeline, cfg.cache ? _(", cache semantics") : "");
-      label (l_measured, width);
-      printf (_("%.3f s after %.1f s of warm-up\n"), secs, opt_warmup);
-      label (l_throughput, width);
-      printf (_("%.0f ops/s (%llu ops: %llu sets, %llu gets: %llu hits, %llu empty)\n"),
-              rate, (unsigned long long) ops, (unsigned long long) sets, (unsigned long long) gets,
-              (unsigned long long) hits, (unsigned long long) misses);
-      if (foreign)
-        {
-          label (l_foreign, width);
-          printf (_("%llu messages of other runs read (well formed)\n"), (unsigned long long) foreign);
-        }
-      label (l_latency, width);
-      printf (_("p50 %.1f µs   p99 %.1f µs   p99.9 %.1f µs   max %.1f µs   mean %.1f µs\n"),
-              p50, p99, p999, pmax, mean);
-      label (l_errors, width);
-      printf ("%llu", (unsigned long long) errors);
-      if (lost)
-        printf (_(" (%llu connection(s) dropped)"), (unsigned long long) lost);
-      printf ("\n");
-      if (opt_pid)
-        {
-          label (l_server, width);
-          if (srv_us_op >= 0)
-            printf (_("%.2f µs/op (pid %d: %.2f s user+system)\n"), srv_us_op, opt_pid,
-                    (srv1 - srv0) / 1e6);
-          else
-            printf (_("unknown (pid %d)\n"), opt_pid);
-        }
-      label (l_bench, width);
-      printf (_("%.2f µs/op (%.0f%% of %u thread(s))\n"), self_us_op, self_util * 100, cfg.threads);
-      if (self_util > 0.9)
-        {
-          printf ("  ");
-          printf (_("note: the bench's threads were busy %.0f%% of the time: it may be the bottleneck\n"),
-                  self_util * 100);
-        }
-    }
-  fflush (stdout);
-  if (errors && !opt_json)
+/* The CPU lines of the text report: the server's (--pid) and the bench's. */
+static void
+report_cpu (const Window *win, const Figures *f, guint width, const char *l_server,
+            const char *l_bench)
+{
+  if (opt_pid)
     {
-      fputs ("memcacheq-bench: ", stderr);
-      fprintf (stderr, _("%llu error(s)\n"), (unsigned long long) errors);
+      label (l_server, width);
+      if (f->srv_us_op >= 0)
+        printf (_("%.2f µs/op (pid %d: %.2f s user+system)\n"), f->srv_us_op, opt_pid,
+                (win->srv1 - win->srv0) / 1e6);
+      else
+        printf (_("unknown (pid %d)\n"), opt_pid);
     }
+  label (l_bench, width);
+  printf (_("%.2f µs/op (%.0f%% of %u thread(s))\n"), f->self_us_op, f->self_util * 100, cfg.threads);
+  if (f->self_util > 0.9)
+    {
+      printf ("  ");
+      printf (_("note: the bench's threads were busy %.0f%% of the time: it may be the bottleneck\n"),
+              f->self_util * 100);
+    }
+}
 
-  free_connections (workers, cfg.threads);
-  free (hist);
-  msg_free ();
+/* The text report, one labelled line per figure. */
+static void
+report_text (const Target *t, const Window *win, const Totals *tot, const Figures *f)
+{
+  /* TRANSLATORS: the report's labels; the values are lined up after the
+   * widest one. */
+  const char *l_measured = _("measured"), *l_throughput = _("throughput"),
+             *l_foreign = _("foreign"), *l_latency = _("latency"), *l_errors = _("errors"),
+             *l_server = _("server CPU"), *l_bench = _("bench CPU");
+  const char *all[] = { l_measured, l_throughput, l_foreign, l_latency, l_errors, l_server, l_bench };
+  guint width = 0;
+
+  for (guint i = 0; i < G_N_ELEMENTS (all); i++)
+    width = MAX (width, mcq_text_width (all[i]));
+  printf (_("memcacheq-bench %s: %s %s, %u connection(s), %u thread(s), %u queue(s), "
+            "%zu-byte messages, mix %s, pipeline %u%s\n"),
+          MCQ_VERSION, f->proto, t->name, cfg.conns, cfg.threads, cfg.queues, cfg.size, f->mix,
+          cfg.pipeline, cfg.cache ? _(", cache semantics") : "");
+  label (l_measured, width);
+  printf (_("%.3f s after %.1f s of warm-up\n"), f->secs, opt_warmup);
+  label (l_throughput, width);
+  printf (_("%.0f ops/s (%llu ops: %llu sets, %llu gets: %llu hits, %llu empty)\n"),
+          f->rate, (unsigned long long) tot->ops, (unsigned long long) tot->sets,
+          (unsigned long long) tot->gets, (unsigned long long) tot->hits,
+          (unsigned long long) tot->misses);
+  if (tot->foreign)
+    {
+      label (l_foreign, width);
+      printf (_("%llu messages of other runs read (well formed)\n"), (unsigned long long) tot->foreign);
+    }
+  label (l_latency, width);
+  printf (_("p50 %.1f µs   p99 %.1f µs   p99.9 %.1f µs   max %.1f µs   mean %.1f µs\n"),
+          f->p50, f->p99, f->p999, f->pmax, f->mean);
+  label (l_errors, width);
+  printf ("%llu", (unsigned long long) tot->errors);
+  if (tot->lost)
+    printf (_(" (%llu connection(s) dropped)"), (unsigned long long) tot->lost);
+  printf ("\n");
+  report_cpu (win, f, width, l_server, l_bench);
+}
+
+/* The option strings and the auth request (wiped), at exit. */
+static void
+free_options (void)
+{
   g_free (opt_server);
   g_free (opt_unix);
   g_free (opt_mix);
@@ -695,5 +753,45 @@ main (int argc, char **argv)
   if (auth_req != NULL)
     explicit_bzero (auth_req, strlen (auth_req));
   g_free (auth_req);
-  return errors ? 1 : 0;
+}
+
+int
+main (int argc, char **argv)
+{
+  Target target = { 0 };
+  Window win = { .srv0 = -1, .srv1 = -1 };
+  Totals tot = { 0 };
+  Figures fig;
+  Worker *workers;
+
+  mcq_i18n_init ();
+  parse_options (argc, argv);
+  configure ();
+  signal (SIGPIPE, SIG_IGN);
+  msg_init (cfg.size);
+  resolve_target (&target);
+  workers = open_connections (&target);
+  if (workers == NULL)
+    return 2;
+  if (!run (workers, &win))
+    return 2;
+
+  sum_workers (workers, &tot);
+  compute_figures (&win, &tot, &fig);
+  if (opt_json)
+    report_json (&target, &win, &tot, &fig);
+  else
+    report_text (&target, &win, &tot, &fig);
+  fflush (stdout);
+  if (tot.errors && !opt_json)
+    {
+      fputs ("memcacheq-bench: ", stderr);
+      fprintf (stderr, _("%llu error(s)\n"), (unsigned long long) tot.errors);
+    }
+
+  free_connections (workers, cfg.threads);
+  free (tot.hist);
+  msg_free ();
+  free_options ();
+  return tot.errors ? 1 : 0;
 }

@@ -400,23 +400,97 @@ parse_uint (const char *p, const char *end, uint64_t *out)
   return mcq_parse_u64 (p, (size_t) (end - p), out);
 }
 
+/* A get's "VALUE <key> <flags> <bytes>\r\n<data>\r\nEND\r\n" at p, whose
+ * first line is linelen bytes; avail bytes are buffered. */
 static int
-parse_memcache (Conn *c, Slot *s, int *result)
+parse_value_block (Conn *c, Slot *s, const char *p, size_t linelen, size_t avail, int *result)
+{
+  const char *le = p + linelen - 1;
+  const char *f[3];
+  const char *fe[3];
+  const char *q = p + 6;
+  unsigned nf = 0;
+  uint64_t flags, bytes;
+  char ex[160];
+
+  if (le > p && le[-1] == '\r')
+    le--;
+  while (q < le && nf < 3)
+    {
+      f[nf] = q;
+      while (q < le && *q != ' ')
+        q++;
+      fe[nf++] = q;
+      if (q < le)
+        q++;
+    }
+  if (nf != 3 || q != le || !parse_uint (f[1], fe[1], &flags) || flags > UINT32_MAX
+      || !parse_uint (f[2], fe[2], &bytes))
+    {
+      conn_fail (c, _("get: malformed VALUE line \"%s\""), excerpt (p, linelen, ex, sizeof ex));
+      return P_FATAL;
+    }
+  if (bytes > cfg.size)
+    {
+      conn_fail (c, _("get: VALUE of %llu bytes, expected %zu"), (unsigned long long) bytes, cfg.size);
+      return P_FATAL;
+    }
+  size_t need = linelen + bytes + 2 + 5;
+  if (avail < need)
+    return P_NEED;
+  const char *data = p + linelen;
+  if (memcmp (data + bytes, "\r\nEND\r\n", 7) != 0)
+    {
+      conn_fail (c, _("get: VALUE block not followed by \\r\\nEND\\r\\n: \"%s\""),
+                 excerpt (data + bytes, 7, ex, sizeof ex));
+      return P_FATAL;
+    }
+  if ((size_t) (fe[0] - f[0]) != c->keylen || memcmp (f[0], c->key, c->keylen) != 0)
+    {
+      bench_error (c, _("get: VALUE for key \"%s\""),
+                   excerpt (f[0], (size_t) (fe[0] - f[0]), ex, sizeof ex));
+      *result = RES_ERR;
+    }
+  else
+    *result = check_value (c, s, data, bytes, true, (uint32_t) flags);
+  c->rpos += need;
+  return P_DONE;
+}
+
+/* The reply's first line at rpos: P_DONE with *linelen (up to and with its
+ * \n), P_NEED while it is incomplete, P_FATAL once more than max bytes
+ * came without one. */
+static int
+reply_line (Conn *c, size_t max, size_t *linelen)
 {
   const char *p = c->rbuf + c->rpos;
   size_t avail = c->rlen - c->rpos;
   const char *nl = memchr (p, '\n', avail);
   char ex[160];
-  if (!nl)
+
+  if (nl)
     {
-      if (avail > c->keylen + 128)
-        {
-          conn_fail (c, _("reply line too long: \"%s\""), excerpt (p, 80, ex, sizeof ex));
-          return P_FATAL;
-        }
-      return P_NEED;
+      *linelen = (size_t) (nl - p) + 1;
+      return P_DONE;
     }
-  size_t linelen = (size_t) (nl - p) + 1;
+  if (avail > max)
+    {
+      conn_fail (c, _("reply line too long: \"%s\""), excerpt (p, 80, ex, sizeof ex));
+      return P_FATAL;
+    }
+  return P_NEED;
+}
+
+static int
+parse_memcache (Conn *c, Slot *s, int *result)
+{
+  const char *p = c->rbuf + c->rpos;
+  size_t avail = c->rlen - c->rpos;
+  size_t linelen;
+  char ex[160];
+  int r = reply_line (c, c->keylen + 128, &linelen);
+  if (r != P_DONE)
+    return r;
 
   if (s->op == OP_SET)
     {
@@ -438,57 +512,7 @@ parse_memcache (Conn *c, Slot *s, int *result)
       return P_DONE;
     }
   if (linelen > 6 && memcmp (p, "VALUE ", 6) == 0)
-    {
-      /* VALUE <key> <flags> <bytes>\r\n */
-      const char *le = nl;
-      if (le > p && le[-1] == '\r')
-        le--;
-      const char *f[3];
-      const char *fe[3];
-      const char *q = p + 6;
-      unsigned nf = 0;
-      while (q < le && nf < 3)
-        {
-          f[nf] = q;
-          while (q < le && *q != ' ')
-            q++;
-          fe[nf++] = q;
-          if (q < le)
-            q++;
-        }
-      uint64_t flags, bytes;
-      if (nf != 3 || q != le || !parse_uint (f[1], fe[1], &flags) || flags > UINT32_MAX
-          || !parse_uint (f[2], fe[2], &bytes))
-        {
-          conn_fail (c, _("get: malformed VALUE line \"%s\""), excerpt (p, linelen, ex, sizeof ex));
-          return P_FATAL;
-        }
-      if (bytes > cfg.size)
-        {
-          conn_fail (c, _("get: VALUE of %llu bytes, expected %zu"), (unsigned long long) bytes, cfg.size);
-          return P_FATAL;
-        }
-      size_t need = linelen + bytes + 2 + 5;
-      if (avail < need)
-        return P_NEED;
-      const char *data = p + linelen;
-      if (memcmp (data + bytes, "\r\nEND\r\n", 7) != 0)
-        {
-          conn_fail (c, _("get: VALUE block not followed by \\r\\nEND\\r\\n: \"%s\""),
-                     excerpt (data + bytes, 7, ex, sizeof ex));
-          return P_FATAL;
-        }
-      if ((size_t) (fe[0] - f[0]) != c->keylen || memcmp (f[0], c->key, c->keylen) != 0)
-        {
-          bench_error (c, _("get: VALUE for key \"%s\""),
-                       excerpt (f[0], (size_t) (fe[0] - f[0]), ex, sizeof ex));
-          *result = RES_ERR;
-        }
-      else
-        *result = check_value (c, s, data, bytes, true, (uint32_t) flags);
-      c->rpos += need;
-      return P_DONE;
-    }
+    return parse_value_block (c, s, p, linelen, avail, result);
   bench_error (c, _("get: unexpected reply \"%s\""), excerpt (p, linelen, ex, sizeof ex));
   c->rpos += linelen;
   *result = RES_ERR;
@@ -500,18 +524,12 @@ parse_redis (Conn *c, Slot *s, int *result)
 {
   const char *p = c->rbuf + c->rpos;
   size_t avail = c->rlen - c->rpos;
-  const char *nl = memchr (p, '\n', avail);
+  size_t linelen;
   char ex[160];
-  if (!nl)
-    {
-      if (avail > 512)
-        {
-          conn_fail (c, _("reply line too long: \"%s\""), excerpt (p, 80, ex, sizeof ex));
-          return P_FATAL;
-        }
-      return P_NEED;
-    }
-  size_t linelen = (size_t) (nl - p) + 1;
+  int r = reply_line (c, 512, &linelen);
+  if (r != P_DONE)
+    return r;
+  const char *nl = p + linelen - 1;
   if (linelen < 3 || nl[-1] != '\r')
     {
       conn_fail (c, _("malformed RESP reply \"%s\""), excerpt (p, linelen, ex, sizeof ex));
@@ -570,10 +588,11 @@ parse_redis (Conn *c, Slot *s, int *result)
 /* ------------------------------------------------------------------------ */
 /* receiving                                                                */
 
-static void
-conn_readable (Conn *c)
+/* Reads what the socket has into rbuf (compacted first when full); FALSE
+ * when nothing was read or the connection failed. */
+static bool
+conn_receive (Conn *c)
 {
-  Worker *w = c->w;
   if (c->rpos == c->rlen)
     c->rpos = c->rlen = 0;
   else if (c->rpos > 0 && c->rlen == c->rcap)
@@ -585,21 +604,47 @@ conn_readable (Conn *c)
   if (c->rlen == c->rcap)
     {
       conn_fail (c, _("reply larger than the read buffer (%zu bytes)"), c->rcap);
-      return;
+      return false;
     }
   ssize_t n = recv (c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
   if (n == 0)
     {
       conn_fail (c, _("connection closed by the server"));
-      return;
+      return false;
     }
   if (n < 0)
     {
       if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
         conn_fail (c, "recv: %s", strerror (errno));
-      return;
+      return false;
     }
   c->rlen += (size_t) n;
+  return true;
+}
+
+/* Counts a reply of the measured window in the worker's figures. */
+static void
+count_reply (Worker *w, const Slot *s, int result, uint64_t now)
+{
+  w->ops++;
+  hist_record (&w->hist, now - s->t_sent);
+  if (s->op == OP_SET)
+    w->sets++;
+  else
+    {
+      w->gets++;
+      if (result == RES_HIT)
+        w->hits++;
+      else
+        w->misses++;
+    }
+}
+
+static void
+conn_readable (Conn *c)
+{
+  if (!conn_receive (c))
+    return;
 
   uint64_t now = now_ns ();
   int phase = atomic_load_explicit (&g_phase, memory_order_acquire);
@@ -632,20 +677,8 @@ conn_readable (Conn *c)
           bench_error (c, _("get: empty reply although a message was stored before"));
           result = RES_ERR;
         }
-      if (result == RES_ERR || !s->measured || phase != PHASE_MEASURE)
-        continue;
-      w->ops++;
-      hist_record (&w->hist, now - s->t_sent);
-      if (s->op == OP_SET)
-        w->sets++;
-      else
-        {
-          w->gets++;
-          if (result == RES_HIT)
-            w->hits++;
-          else
-            w->misses++;
-        }
+      if (result != RES_ERR && s->measured && phase == PHASE_MEASURE)
+        count_reply (c->w, s, result, now);
     }
   if (c->dead)
     return;

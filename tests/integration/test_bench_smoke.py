@@ -1,4 +1,4 @@
-"""Smoke test of memcacheq-bench (issue 6): it measures a real memcacheq without
+"""Smoke test of memcacheq-bench: it measures a real memcacheq without
 errors, and its verification catches a server that answers wrongly.
 
 The bench binary is $MEMCACHEQ_BENCH, else bench/memcacheq-bench next to the

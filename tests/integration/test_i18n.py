@@ -1,4 +1,4 @@
-"""Translations (issue 8): memcacheq, memcacheqctl and memcacheq-bench speak
+"""Translations: memcacheq, memcacheqctl and memcacheq-bench speak
 Simplified Chinese under a zh_CN.UTF-8 locale and English under C, while the
 memcache protocol replies stay exactly as they are.
 

@@ -1,4 +1,4 @@
-"""Packaging: manual pages, one version number, the .deb and the .rpm (issue 8).
+"""Packaging: manual pages, one version number, the .deb and the .rpm.
 
 Fast tests (every run): the manual pages in data/ and src/bench/ are clean
 for groff -ww and mandoc -T lint, name every option their tool's --help
@@ -219,22 +219,29 @@ def test_no_version_literal_in_sources():
 # the packages (slow)
 # --------------------------------------------------------------------------------------
 
+def _build_package(kind, out, report_name, pattern):
+    """scripts/package KIND into out: (the one package file, seconds, lint report).
+    Fails with the script's and the linter's output when the build fails."""
+    t = time.monotonic()
+    p = _run([PACKAGE, kind, out], timeout=900, check=False)
+    took = time.monotonic() - t
+    print("\npackaging: .%s built and linted in %.1f s" % (kind, took))
+    report = (out / report_name).read_text() if (out / report_name).exists() else ""
+    if p.returncode != 0:
+        pytest.fail("scripts/package %s failed (%d)\n%s\n%s" % (kind, p.returncode,
+                                                                p.stderr[-4000:], report[-4000:]))
+    found = sorted(out.glob(pattern % meson_version()))
+    assert len(found) == 1, sorted(x.name for x in out.iterdir())
+    return found[0], took, report
+
+
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory):
     """scripts/package deb: (output dir, .deb path, seconds, lintian report)."""
     _need("dpkg-buildpackage", "dh", "lintian", "fakeroot", "git")
     out = tmp_path_factory.mktemp("deb")
-    t = time.monotonic()
-    p = _run([PACKAGE, "deb", out], timeout=900, check=False)
-    took = time.monotonic() - t
-    print("\npackaging: .deb built and linted in %.1f s" % took)
-    report = (out / "lintian.txt").read_text() if (out / "lintian.txt").exists() else ""
-    if p.returncode != 0:
-        pytest.fail("scripts/package deb failed (%d)\n%s\n%s" % (p.returncode, p.stderr[-4000:],
-                                                                report[-4000:]))
-    debs = sorted(out.glob("memcacheq_%s_*.deb" % meson_version()))
-    assert len(debs) == 1, sorted(x.name for x in out.iterdir())
-    return out, debs[0], took, report
+    path, took, report = _build_package("deb", out, "lintian.txt", "memcacheq_%s_*.deb")
+    return out, path, took, report
 
 
 @pytest.mark.slow
@@ -428,16 +435,8 @@ def rpm(tmp_path_factory):
     """scripts/package rpm: (output dir, .rpm path, rpmlint report)."""
     _need("rpmbuild", "rpmlint", "rpmsign", "gpg", "git")
     out = tmp_path_factory.mktemp("rpm")
-    t = time.monotonic()
-    p = _run([PACKAGE, "rpm", out], timeout=900, check=False)
-    print("\npackaging: .rpm built and linted in %.1f s" % (time.monotonic() - t))
-    report = (out / "rpmlint.txt").read_text() if (out / "rpmlint.txt").exists() else ""
-    if p.returncode != 0:
-        pytest.fail("scripts/package rpm failed (%d)\n%s\n%s" % (p.returncode, p.stderr[-4000:],
-                                                                report[-4000:]))
-    rpms = sorted(out.glob("memcacheq-%s-*.rpm" % meson_version()))
-    assert len(rpms) == 1, sorted(x.name for x in out.iterdir())
-    return out, rpms[0], report
+    path, _, report = _build_package("rpm", out, "rpmlint.txt", "memcacheq-%s-*.rpm")
+    return out, path, report
 
 
 @pytest.mark.slow

@@ -449,6 +449,17 @@ def step_socket_restart():
     return r
 
 
+def journal_json(*args):
+    """The entries `journalctl ARGS -o json` prints, as dicts (other lines skipped)."""
+    entries = []
+    for line in run("journalctl", *args, "-o", "json", "--no-pager").stdout.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
 def step_debug_log():
     """At -vv, in the unit's sandbox: what the daemon logs while it starts,
     serves and joins the bus (message and CODE_FILE of each entry)."""
@@ -468,17 +479,10 @@ def step_debug_log():
     run("systemctl", "stop", SVC, check=True)
     with open("/etc/default/memcacheq", "w") as f:
         f.write('MEMCACHEQ_OPTS="-v"\n')
-    p = run("journalctl", "--after-cursor=" + cursor, "-u", SVC, "-o", "json", "--no-pager")
-    entries = []
-    for line in p.stdout.splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        if e.get("_PID") != "1":
-            entries.append({k: e.get(k) for k in ("MESSAGE", "PRIORITY", "CODE_FILE",
-                                                   "GLIB_DOMAIN", "_TRANSPORT")})
-    r["entries"] = entries
+    keep = ("MESSAGE", "PRIORITY", "CODE_FILE", "GLIB_DOMAIN", "_TRANSPORT")
+    r["entries"] = [{k: e.get(k) for k in keep}
+                    for e in journal_json("--after-cursor=" + cursor, "-u", SVC)
+                    if e.get("_PID") != "1"]
     return r
 
 
@@ -548,16 +552,9 @@ def step_stop():
 
 
 def step_journal():
-    p = run("journalctl", "-b", "-u", SVC, "-o", "json", "--no-pager")
     keep = ("MESSAGE", "PRIORITY", "_PID", "_TRANSPORT", "SYSLOG_IDENTIFIER", "GLIB_DOMAIN",
             "_SYSTEMD_UNIT", "CODE_FILE", "CODE_FUNC")
-    entries = []
-    for line in p.stdout.splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        entries.append({k: e.get(k) for k in keep if k in e})
+    entries = [{k: e.get(k) for k in keep if k in e} for e in journal_json("-b", "-u", SVC)]
     with open(os.path.join(OUT, "journal.json"), "w") as f:
         json.dump(entries, f, indent=1)
     daemon = [e for e in entries if e.get("_TRANSPORT") in ("journal", "stdout")
