@@ -358,6 +358,7 @@ main (int argc, char **argv)
   store_cfg.no_sync = opts.no_sync;
   store_cfg.log_auto_remove = opts.log_auto_remove;
   store_cfg.cpu_placement = !opts.no_cpu_placement;
+  store_cfg.max_body = opts.max_body;
   server.store = mcq_store_open (&store_cfg, &error);
   if (server.store == NULL)
     {

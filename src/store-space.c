@@ -1,0 +1,122 @@
+/* store-space.c — the store's disk-space model: the log and database bytes
+ * a message costs, the reserve kept for draining and recovery, and the
+ * measurement of the home's free space (see store-space.h). */
+#include "store-space.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+/* An overflow page's header; the rest of the page holds data. */
+#define OVFL_PAGE_HEADER 32
+/* Each overflow page is logged with its data and a page-allocation or
+ * page-free record; the item's leaf entry, the queue record and the
+ * commit come once per record. */
+#define LOG_PER_OVFL_PAGE 192
+#define LOG_PER_RECORD 1024
+/* A record kept on a leaf page: its log records besides the data. */
+#define LOG_PER_LEAF_RECORD 384
+/* The log is cut into files at record boundaries: a file can end with
+ * up to one record's worth unused, and opens with a header. */
+#define LOG_FILE_SLACK(g) ((g)->page_size + LOG_PER_OVFL_PAGE + 1024)
+/* The checkpoint that follows a drain step (or ends recovery). */
+#define CHECKPOINT_LOG 4096
+/* queues.db and purge.db pages, file-system metadata, page splits. */
+#define RESERVE_MARGIN (256 * 1024)
+
+static gboolean
+is_overflow (const McqSpaceGeometry *g, guint64 record_len)
+{
+  return record_len > g->page_size / 4 - 40;
+}
+
+static guint64
+ovfl_pages (const McqSpaceGeometry *g, guint64 record_len)
+{
+  guint64 per_page = g->page_size - OVFL_PAGE_HEADER;
+  return (record_len + per_page - 1) / per_page;
+}
+
+guint64
+mcq_space_log_bytes (const McqSpaceGeometry *g, guint64 record_len)
+{
+  if (!is_overflow (g, record_len))
+    return record_len + LOG_PER_LEAF_RECORD;
+  return ovfl_pages (g, record_len) * (g->page_size + LOG_PER_OVFL_PAGE) + LOG_PER_RECORD;
+}
+
+guint64
+mcq_space_db_bytes (const McqSpaceGeometry *g, guint64 record_len)
+{
+  /* A leaf record's share of a leaf page that may be only half full. */
+  if (!is_overflow (g, record_len))
+    return 2 * (record_len + 48);
+  return ovfl_pages (g, record_len) * g->page_size;
+}
+
+guint64
+mcq_space_db_freed (const McqSpaceGeometry *g, guint64 record_len)
+{
+  return is_overflow (g, record_len) ? ovfl_pages (g, record_len) * g->page_size : 0;
+}
+
+guint64
+mcq_space_log_growth (const McqSpaceGeometry *g, guint64 offset, guint64 bytes)
+{
+  if (!g->log_prealloc)
+    return bytes;
+  guint64 cap = g->log_file_bytes - LOG_FILE_SLACK (g);
+  guint64 left = offset < cap ? cap - offset : 0;
+  if (bytes <= left)
+    return 0;
+  return (bytes - left + cap - 1) / cap * g->log_file_bytes;
+}
+
+guint64
+mcq_space_step_bytes (const McqSpaceGeometry *g)
+{
+  return mcq_space_log_bytes (g, g->max_record);
+}
+
+guint64
+mcq_space_reserve (const McqSpaceGeometry *g)
+{
+  /* From a log file with no room left: the step and its checkpoint in
+   * new files, which also leaves recovery room for its checkpoint. */
+  return mcq_space_log_growth (g, g->log_file_bytes, mcq_space_step_bytes (g) + CHECKPOINT_LOG) +
+         RESERVE_MARGIN;
+}
+
+gboolean
+mcq_space_measure (const char *home, DB_ENV *env, DB *messages_db, const char *messages_path,
+                   McqSpaceLook *out)
+{
+  struct statvfs vfs;
+  struct stat st;
+  DB_LOG_STAT *ls = NULL;
+  db_pgno_t last = 0;
+  u_int32_t page_size = 0;
+
+  if (statvfs (home, &vfs) != 0)
+    return FALSE;
+  out->avail = (guint64) vfs.f_bavail * vfs.f_frsize;
+  out->log_file = 0;
+  out->log_offset = 0;
+  if (env->log_stat (env, &ls, 0) == 0)
+    {
+      out->log_file = ls->st_cur_file;
+      out->log_offset = ls->st_cur_offset;
+      free (ls);
+    }
+  out->db_unwritten = 0;
+  if (messages_db->get_pagesize (messages_db, &page_size) == 0 &&
+      messages_db->get_mpf (messages_db)->get_last_pgno (messages_db->get_mpf (messages_db),
+                                                         &last) == 0 &&
+      stat (messages_path, &st) == 0)
+    {
+      guint64 cached = ((guint64) last + 1) * page_size;
+      guint64 allocated = (guint64) st.st_blocks * 512;
+      out->db_unwritten = cached > allocated ? cached - allocated : 0;
+    }
+  return TRUE;
+}
