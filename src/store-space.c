@@ -3,7 +3,10 @@
  * measurement of the home's free space (see store-space.h). */
 #include "store-space.h"
 
+#include <gio/gio.h>
+
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
@@ -23,6 +26,8 @@
 #define CHECKPOINT_LOG 4096
 /* queues.db and purge.db pages, file-system metadata, page splits. */
 #define RESERVE_MARGIN (256 * 1024)
+/* Free space a set never takes, even for a moment. */
+#define SET_MARGIN (256 * 1024)
 
 static gboolean
 is_overflow (const McqSpaceGeometry *g, guint64 record_len)
@@ -119,4 +124,86 @@ mcq_space_measure (const char *home, DB_ENV *env, DB *messages_db, const char *m
       out->db_unwritten = cached > allocated ? cached - allocated : 0;
     }
   return TRUE;
+}
+
+void
+mcq_space_init (McqSpace *sp, const McqSpaceGeometry *g, const char *home)
+{
+  memset (sp, 0, sizeof *sp);
+  sp->geom = *g;
+  sp->home = g_strdup (home);
+  sp->messages_path = g_build_filename (home, "messages.db", NULL);
+}
+
+void
+mcq_space_clear (McqSpace *sp)
+{
+  g_clear_pointer (&sp->home, g_free);
+  g_clear_pointer (&sp->messages_path, g_free);
+}
+
+/* Commits between looks only ever spend. */
+#define LOOK_EVERY_US (100 * 1000)
+
+gboolean
+mcq_space_look (McqSpace *sp, gboolean force, guint ckp_gen, DB_ENV *env, DB *messages_db)
+{
+  gint64 now = g_get_monotonic_time ();
+
+  if ((force || now - sp->looked_at >= LOOK_EVERY_US || ckp_gen != sp->ckp_gen ||
+       (gint64) sp->spent >= sp->room / 4) &&
+      mcq_space_measure (sp->home, env, messages_db, sp->messages_path, &sp->look))
+    {
+      sp->looked_at = now;
+      sp->ckp_gen = ckp_gen;
+      sp->spent = 0;
+      sp->room = (gint64) sp->look.avail - (gint64) sp->look.db_unwritten -
+                 (gint64) mcq_space_reserve (&sp->geom);
+    }
+  return !mcq_space_fits (sp, sp->geom.log_file_bytes, sp->geom.max_record, NULL);
+}
+
+gboolean
+mcq_space_fits (const McqSpace *sp, guint64 offset, guint64 record_len, guint64 *cost)
+{
+  const McqSpaceGeometry *g = &sp->geom;
+  guint64 db = mcq_space_db_bytes (g, record_len);
+  guint64 log = mcq_space_log_growth (g, offset, mcq_space_log_bytes (g, record_len) + CHECKPOINT_LOG);
+  gint64 usable = (gint64) sp->look.avail - (gint64) sp->look.db_unwritten - SET_MARGIN;
+
+  db = db > sp->db_free ? db - sp->db_free : 0;
+  if (cost != NULL)
+    *cost = db + log;
+  return (gint64) db <= sp->room - (gint64) sp->spent &&
+         (gint64) (db + log) <= usable - (gint64) sp->spent;
+}
+
+gboolean
+mcq_space_fits_log (const McqSpace *sp, guint64 log_bytes)
+{
+  guint64 growth = mcq_space_log_growth (&sp->geom, sp->look.log_offset, log_bytes);
+  return (gint64) growth <= sp->room - (gint64) sp->spent;
+}
+
+guint64
+mcq_space_worst (const McqSpace *sp, guint64 set_log, guint64 set_db, guint64 get_keys,
+                 guint others)
+{
+  const McqSpaceGeometry *g = &sp->geom;
+  guint64 log = set_log + get_keys * mcq_space_step_bytes (g) + others * (guint64) CHECKPOINT_LOG;
+
+  return mcq_space_log_growth (g, g->log_file_bytes, log) + set_db;
+}
+
+void
+mcq_space_refuse (const McqSpace *sp, guint64 body_len, guint64 cost, GError **error)
+{
+  g_set_error (error, G_IO_ERROR, G_IO_ERROR_NO_SPACE,
+               "%" G_GUINT64_FORMAT " KiB free in the home directory, of which %"
+               G_GUINT64_FORMAT " KiB are kept so that the queues can always be drained and %"
+               G_GUINT64_FORMAT " KiB are owed to cached pages; this %" G_GUINT64_FORMAT
+               "-byte message may take %" G_GUINT64_FORMAT " KiB more; new messages are "
+               "refused until space is freed", sp->look.avail / 1024,
+               mcq_space_reserve (&sp->geom) / 1024, sp->look.db_unwritten / 1024, body_len,
+               (cost + 1023) / 1024);
 }

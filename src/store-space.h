@@ -58,3 +58,47 @@ typedef struct {
  * asked. */
 gboolean mcq_space_measure (const char *home, DB_ENV *env, DB *messages_db,
                             const char *messages_path, McqSpaceLook *out);
+
+/* The store's running account of its space (main thread only). */
+typedef struct {
+  McqSpaceGeometry geom;
+  char *home, *messages_path;
+  McqSpaceLook look;           /* the last measurement, */
+  gint64 looked_at;            /*   its time (monotonic), */
+  guint ckp_gen;               /*   the checkpoints settled by then, */
+  gint64 room;                 /*   free space past the reserve and the
+                                    cache's unwritten pages, */
+  guint64 spent;               /* and the most commits since may have taken */
+  guint64 db_free;             /* overflow pages known to be on messages.db's
+                                  free list, which sets reuse */
+} McqSpace;
+
+void mcq_space_init (McqSpace *sp, const McqSpaceGeometry *g, const char *home);
+void mcq_space_clear (McqSpace *sp);
+
+/* Measures again, unless !force and the last look is recent, no checkpoint
+ * (ckp_gen) has run since and what was spent since is under a quarter of
+ * the room.  Returns whether a set of the largest message could be
+ * refused (pressure). */
+gboolean mcq_space_look (McqSpace *sp, gboolean force, guint ckp_gen, DB_ENV *env,
+                         DB *messages_db);
+
+/* Whether a set of record_len bytes, the log being at offset in its file,
+ * leaves the reserve whole (*cost, if not NULL: what it may take).  Its
+ * pages past those known free must fit in the room; its log may dip
+ * into the reserve for a moment, since the checkpoint that follows (or,
+ * after a crash, recovery's) removes the log files it filled. */
+gboolean mcq_space_fits (const McqSpace *sp, guint64 offset, guint64 record_len, guint64 *cost);
+
+/* Whether log_bytes more log, from where the last look found the log,
+ * fit in the room past the reserve and what was spent since. */
+gboolean mcq_space_fits_log (const McqSpace *sp, guint64 log_bytes);
+
+/* The most a batch that writes these may take: each set's log and
+ * pages, each get key the removal of a largest message, anything else a
+ * small record; its log from the worst position. */
+guint64 mcq_space_worst (const McqSpace *sp, guint64 set_log, guint64 set_db, guint64 get_keys,
+                         guint others);
+
+/* The G_IO_ERROR_NO_SPACE error of a refused set. */
+void mcq_space_refuse (const McqSpace *sp, guint64 body_len, guint64 cost, GError **error);

@@ -13,7 +13,6 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statvfs.h>
 
 /*
  * Layout.
@@ -124,7 +123,7 @@ struct _McqStore {
   guint64 seg_depth;
   guint64 seg_bytes;           /* log volume the segment adds (estimate) */
   guint64 seg_log;             /* log it writes, as the space model counts it */
-  gint64 seg_db_free;          /* its change to db_free_bytes */
+  gint64 seg_db_free;          /* its change to space.db_free */
   gint64 seg_now;              /* wall clock when the segment began: the
                                 * enqueue time of its sets (one clock read
                                 * per segment rather than per set) */
@@ -157,20 +156,11 @@ struct _McqStore {
 
   gint pending;                /* atomic */
   guint64 log_debt;            /* atomic: bytes committed since the last checkpoint */
-  gint space_pressure;         /* atomic: a set of the largest size would be refused */
-  McqSpaceGeometry space_geom; /* see store-space.h */
-  char *messages_path;
-  gint64 space_checked_at;     /* main thread: when space_look last measured, */
-  McqSpaceLook space;          /*   what it found, */
-  gint64 space_room;           /*   the free space past the reserve and the
-                                  cache's unwritten pages then, */
-  guint64 space_spent;         /*   the most that commits since may have taken, */
-  guint space_ckp_gen;         /*   and ckp_gen then (a checkpoint means looking again) */
-  gboolean space_careful;      /* main thread: this batch has too little room for
-                                  its worst case: one op per transaction */
+  gint space_pressure;         /* atomic: a set of the largest size could be refused */
+  McqSpace space;              /* main thread: see store-space.h */
+  gboolean space_careful;      /* main thread: too little room for this batch's
+                                  worst case: one op per transaction */
   guint32 settled_log_file;    /* main thread: the log file at the last log removal */
-  guint64 db_free_bytes;       /* main thread: overflow pages known to be on
-                                  messages.db's free list */
   gint64 compact_checked_at;   /* main thread: see compact_if_mostly_free */
   gint64 compacted_at;
   GMutex ckp_lock;             /* one checkpoint (and log_debt settlement) at a time */
@@ -506,7 +496,7 @@ load_queues (McqStore *s, GError **error)
 static guint64
 space_step (McqStore *s)
 {
-  return mcq_space_step_bytes (&s->space_geom);
+  return mcq_space_step_bytes (&s->space.geom);
 }
 
 /* Short of space: a set of the largest size would be refused, or this
@@ -572,7 +562,7 @@ reserve_pages (McqStore *s)
    * the environment.  A daemon that starts on a full disk is there to
    * let its queues be drained: skip. */
   space_look (s, TRUE);
-  if (s->space_room < (gint64) (2 * s->log_file_bytes + 8 * n * page_size))
+  if (s->space.room < (gint64) (2 * s->log_file_bytes + 8 * n * page_size))
     {
       g_debug ("not reserving free pages in messages.db: short of disk space");
       return;
@@ -604,7 +594,7 @@ reserve_pages (McqStore *s)
   txn = NULL;
   if (ret == 0)
     {
-      s->db_free_bytes += (n - 1) * page_size;   /* one overflow page each */
+      s->space.db_free += (n - 1) * page_size;   /* one overflow page each */
       return;
     }
 fail:
@@ -1100,8 +1090,8 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
     mark_dirty (s, g_array_index (s->seg_undo, Undo, i).q->name);
   g_array_set_size (s->seg_undo, 0);
   add_log_debt (s, s->seg_bytes);
-  s->db_free_bytes = s->seg_db_free >= 0 || s->db_free_bytes > (guint64) -s->seg_db_free
-                    ? s->db_free_bytes + s->seg_db_free : 0;
+  s->space.db_free = s->seg_db_free >= 0 || s->space.db_free > (guint64) -s->seg_db_free
+                     ? s->space.db_free + s->seg_db_free : 0;
   return TRUE;
 }
 
@@ -1169,8 +1159,8 @@ seg_set (McqStore *s, McqOp *op)
   q->bytes += op->body->len - MSG_HEADER_SIZE;
   s->depth++;
   s->seg_bytes += op->body->len + LOG_OP_OVERHEAD;
-  s->seg_log += mcq_space_log_bytes (&s->space_geom, op->body->len);
-  s->seg_db_free -= mcq_space_db_bytes (&s->space_geom, op->body->len);
+  s->seg_log += mcq_space_log_bytes (&s->space.geom, op->body->len);
+  s->seg_db_free -= mcq_space_db_bytes (&s->space.geom, op->body->len);
   return TRUE;
 }
 
@@ -1269,11 +1259,8 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
 static gboolean
 space_allows_another (McqStore *s)
 {
-  if (s->seg_log == 0 || !space_tight (s))
-    return TRUE;
-  guint64 growth = mcq_space_log_growth (&s->space_geom, s->space.log_offset,
-                                         s->seg_log + space_step (s));
-  return (gint64) growth <= s->space_room - (gint64) s->space_spent;
+  return s->seg_log == 0 || !space_tight (s) ||
+         mcq_space_fits_log (&s->space, s->seg_log + space_step (s));
 }
 
 static gboolean
@@ -1317,8 +1304,8 @@ seg_get (McqStore *s, McqOp *op)
       q->bytes -= MIN (q->bytes, m->len);
       s->depth--;
       s->seg_bytes += m->len + LOG_OP_OVERHEAD;   /* the removal logs the record */
-      s->seg_log += mcq_space_log_bytes (&s->space_geom, m->len + MSG_HEADER_SIZE);
-      s->seg_db_free += mcq_space_db_freed (&s->space_geom, m->len + MSG_HEADER_SIZE);
+      s->seg_log += mcq_space_log_bytes (&s->space.geom, m->len + MSG_HEADER_SIZE);
+      s->seg_db_free += mcq_space_db_freed (&s->space.geom, m->len + MSG_HEADER_SIZE);
     }
   for (i = 0; i < op->messages->len; i++)
     {
@@ -1597,8 +1584,8 @@ purge_step (McqStore *s)
   int ret;
 
   space_look (s, FALSE);
-  worst = mcq_space_log_growth (&s->space_geom, s->log_file_bytes, PURGE_LOG_BYTES + space_step (s));
-  tight = g_atomic_int_get (&s->space_pressure) || s->space_room - (gint64) s->space_spent < (gint64) worst;
+  worst = mcq_space_worst (&s->space, PURGE_LOG_BYTES, 0, 1, 0);
+  tight = g_atomic_int_get (&s->space_pressure) || s->space.room - (gint64) s->space.spent < (gint64) worst;
   if (tight)
     space_look (s, TRUE);
   s->space_careful = tight;   /* settle_if_pressed settles after it */
@@ -1629,8 +1616,7 @@ purge_step (McqStore *s)
     {
       DBT mk;
       if (n > 0 && start != 0 &&
-          (tight ? (gint64) mcq_space_log_growth (&s->space_geom, s->space.log_offset,
-                                                  log_end (s) - start + space_step (s)) > s->space_room
+          (tight ? !mcq_space_fits_log (&s->space, log_end (s) - start + space_step (s))
                  : log_end (s) - start >= PURGE_LOG_BYTES))
         break;
       encode_msg_key (get_be32 (idbuf), head, key);
@@ -1653,7 +1639,7 @@ purge_step (McqStore *s)
     g_warning ("purging a deleted queue: %s", db_strerror (ret));
   else if (start != 0)
     add_log_debt (s, log_end (s) - start);
-  s->space_spent += worst;
+  s->space.spent += worst;
   return;
 
 abort_cursor:
@@ -1818,50 +1804,30 @@ op_in_segment (const McqOp *op)
   return (op->type == MCQ_OP_SET || op->type == MCQ_OP_GET) && op->status != MCQ_OP_FAILED;
 }
 
-static gboolean space_fits (McqStore *s, guint64 offset, guint64 record_len, guint64 *cost);
-
-/* Measures the home's free space (see store-space.h) and the room past
- * the reserve.  Unless forced, it is skipped for up to SPACE_RECHECK_US
- * while what the commits since may have taken is under a quarter of the
- * room it found and no checkpoint has run. */
-#define SPACE_RECHECK_US (100 * 1000)
-/* Free space a set never takes, even for a moment: file-system metadata,
- * queues.db's pages. */
-#define SPACE_MARGIN (256 * 1024)
+/* Looks at the free space again (see mcq_space_look) and publishes the
+ * pressure. */
 static void
 space_look (McqStore *s, gboolean force)
 {
-  gint64 now = g_get_monotonic_time ();
   guint gen = __atomic_load_n (&s->ckp_gen, __ATOMIC_RELAXED);
 
-  if (!force && now - s->space_checked_at < SPACE_RECHECK_US && gen == s->space_ckp_gen &&
-      (gint64) s->space_spent < s->space_room / 4)
-    return;
-  if (!mcq_space_measure (s->cfg.home, s->env, s->messages_db, s->messages_path, &s->space))
-    return;
-  s->space_checked_at = now;
-  s->space_ckp_gen = gen;
-  s->space_spent = 0;
-  s->space_room = (gint64) s->space.avail - (gint64) s->space.db_unwritten -
-                  (gint64) mcq_space_reserve (&s->space_geom);
   g_atomic_int_set (&s->space_pressure,
-                    !space_fits (s, s->space_geom.log_file_bytes, s->space_geom.max_record, NULL));
+                    mcq_space_look (&s->space, force, gen, s->env, s->messages_db));
 }
 
-/* At start: the space model's geometry and a first look; short of
- * space, the log files recovery no longer needs are removed before
- * anything else is written. */
+/* At start: the space model and a first look; short of space, the log
+ * files recovery no longer needs are removed before anything else is
+ * written. */
 static void
 space_open (McqStore *s)
 {
-  McqSpaceGeometry *g = &s->space_geom;
   g_autoptr(GError) err = NULL;
+  McqSpaceGeometry g = {
+    s->page_size, s->log_file_bytes, !s->cfg.no_sync,
+    (s->cfg.max_body != 0 ? s->cfg.max_body : 1024 * 1024) + MSG_HEADER_SIZE,
+  };
 
-  g->page_size = s->page_size;
-  g->log_file_bytes = s->log_file_bytes;
-  g->log_prealloc = !s->cfg.no_sync;
-  g->max_record = (s->cfg.max_body != 0 ? s->cfg.max_body : 1024 * 1024) + MSG_HEADER_SIZE;
-  s->messages_path = g_build_filename (s->cfg.home, "messages.db", NULL);
+  mcq_space_init (&s->space, &g, s->cfg.home);
   space_look (s, TRUE);
   if (!g_atomic_int_get (&s->space_pressure))
     return;
@@ -1871,85 +1837,53 @@ space_open (McqStore *s)
   space_look (s, TRUE);
 }
 
-/* Whether a set of this record, the log being at offset in its file,
- * leaves the reserve whole (*cost: what it may take, in bytes).  Its
- * pages past those known free must fit in the room past the reserve.
- * Its log may dip into the reserve for a moment: the log files it fills
- * are removed by the checkpoint that follows it (settle_if_pressed), or
- * after a crash by the one recovery and space_open make. */
-static gboolean
-space_fits (McqStore *s, guint64 offset, guint64 record_len, guint64 *cost)
-{
-  const McqSpaceGeometry *g = &s->space_geom;
-  guint64 db = mcq_space_db_bytes (g, record_len);
-  guint64 log = mcq_space_log_growth (g, offset, mcq_space_log_bytes (g, record_len) + 4096);
-  gint64 usable = (gint64) s->space.avail - (gint64) s->space.db_unwritten - SPACE_MARGIN;
-
-  db = db > s->db_free_bytes ? db - s->db_free_bytes : 0;
-  if (cost != NULL)
-    *cost = db + log;
-  return (gint64) db <= s->space_room && (gint64) (db + log) <= usable;
-}
-
-/* Before a batch that writes: whether its worst case (each set's log and
- * pages, each key of a get the largest message's removal) fits in the
- * room.  If not, the batch runs carefully: one op per transaction, each
- * set admitted on a fresh look (space_admit), the log settled between
- * them; and a batch under pressure first settles what is owed. */
+/* Before a batch that writes: if its worst case does not fit in the
+ * room, it runs carefully: one op per transaction, each set admitted on
+ * a fresh look (space_admit), the log settled between them, starting
+ * with what is owed. */
 static void
 space_plan (McqStore *s, McqOp **batch, guint n)
 {
-  const McqSpaceGeometry *g = &s->space_geom;
-  guint64 log = 0, db = 0;
+  guint64 set_log = 0, set_db = 0, keys = 0;
+  guint others = 0;
 
   for (guint i = 0; i < n; i++)
     if (batch[i]->type == MCQ_OP_SET)
       {
-        log += mcq_space_log_bytes (g, batch[i]->body->len);
-        db += mcq_space_db_bytes (g, batch[i]->body->len);
+        set_log += mcq_space_log_bytes (&s->space.geom, batch[i]->body->len);
+        set_db += mcq_space_db_bytes (&s->space.geom, batch[i]->body->len);
       }
     else if (batch[i]->type == MCQ_OP_GET)
-      log += batch[i]->nkeys * space_step (s);
+      keys += batch[i]->nkeys;
     else
-      log += 4096;
-  guint64 worst = mcq_space_log_growth (g, g->log_file_bytes, log) + db;
+      others++;
+  guint64 worst = mcq_space_worst (&s->space, set_log, set_db, keys, others);
 
   space_look (s, FALSE);
-  s->space_careful = s->space_room - (gint64) s->space_spent < (gint64) worst;
+  s->space_careful = s->space.room - (gint64) s->space.spent < (gint64) worst;
   if (!s->space_careful)
-    {
-      s->space_spent += worst;
-      return;
-    }
-  if (g_atomic_int_get (&s->space_pressure) ||
-      (guint32) (log_end (s) / s->log_file_bytes) != s->settled_log_file)
+    s->space.spent += worst;
+  else if (g_atomic_int_get (&s->space_pressure) ||
+           (guint32) (log_end (s) / s->log_file_bytes) != s->settled_log_file)
     settle_if_owed (s, 1);
 }
 
-/* Careful batches: a set runs only if what it may take fits in the room
- * left past the reserve, looked at afresh; else it fails with
- * G_IO_ERROR_NO_SPACE.  What is left is kept for the gets that drain the
- * disk, and for recovery. */
+/* Careful batches: a set runs only if it fits (mcq_space_fits) on a
+ * fresh look, else it fails with G_IO_ERROR_NO_SPACE: what is left is
+ * kept for the gets that drain the disk, and for recovery. */
 static void
 space_admit (McqStore *s, McqOp *op)
 {
-  space_look (s, TRUE);
-  if (op->type != MCQ_OP_SET)
-    return;
   guint64 cost;
-  if (space_fits (s, s->space.log_offset, op->body->len, &cost))
+
+  space_look (s, TRUE);
+  if (op->type != MCQ_OP_SET ||
+      mcq_space_fits (&s->space, s->space.look.log_offset, op->body->len, &cost))
     return;
   g_atomic_int_set (&s->space_pressure, 1);
   op->status = MCQ_OP_FAILED;
   g_clear_error (&op->error);
-  g_set_error (&op->error, G_IO_ERROR, G_IO_ERROR_NO_SPACE,
-               "%" G_GUINT64_FORMAT " KiB free in the home directory, of which %"
-               G_GUINT64_FORMAT " KiB are kept so that the queues can always be drained and %"
-               G_GUINT64_FORMAT " KiB are owed to cached pages; this %" G_GSIZE_FORMAT
-               "-byte message may take %" G_GUINT64_FORMAT " KiB more; new messages are "
-               "refused until space is freed", s->space.avail / 1024,
-               mcq_space_reserve (&s->space_geom) / 1024, s->space.db_unwritten / 1024,
-               (gsize) (op->body->len - MSG_HEADER_SIZE), (cost + 1023) / 1024);
+  mcq_space_refuse (&s->space, op->body->len - MSG_HEADER_SIZE, cost, &op->error);
 }
 
 /* Berkeley DB keeps the pages of consumed messages on messages.db's free
@@ -1995,9 +1929,8 @@ compact_if_mostly_free (McqStore *s)
   if (g_stat (path, &st) != 0 || (guint64) st.st_size <= 2 * (PAGE_RESERVE_BYTES + held))
     return;
   space_look (s, TRUE);
-  log = mcq_space_log_bytes (&s->space_geom, 2 * held);
-  if (log > space_step (s) &&
-      (gint64) mcq_space_log_growth (&s->space_geom, s->space.log_offset, log) > s->space_room)
+  log = mcq_space_log_bytes (&s->space.geom, 2 * held);
+  if (log > space_step (s) && !mcq_space_fits_log (&s->space, log))
     return;
   s->compacted_at = now;
   start = log_end (s);
@@ -2008,7 +1941,7 @@ compact_if_mostly_free (McqStore *s)
     g_info ("compacted messages.db to free disk space: %u pages given back",
             (guint) c.compact_pages_truncated);
   /* The free pages left, if any, are no longer known. */
-  s->db_free_bytes = 0;
+  s->space.db_free = 0;
   if (start != 0 && log_end (s) > start)
     add_log_debt (s, log_end (s) - start);
   settle_if_owed (s, 1);
@@ -2400,7 +2333,7 @@ mcq_store_close (McqStore *s)
   g_mutex_clear (&s->debt_lock);
   g_cond_clear (&s->debt_cond);
   g_cond_clear (&s->maint_cond);
-  g_free (s->messages_path);
+  mcq_space_clear (&s->space);
   g_free (s->cfg.home);
   g_free (s);
 }
