@@ -65,6 +65,25 @@ mcq_space_db_freed (const McqSpaceGeometry *g, guint64 record_len)
   return is_overflow (g, record_len) ? ovfl_pages (g, record_len) * g->page_size : 0;
 }
 
+/* What a leaf record takes of its page at least: the key item, the data
+ * item and their two index entries. */
+#define LEAF_RECORD_FOOTPRINT 20
+
+guint64
+mcq_space_leaf_pages_freed (const McqSpaceGeometry *g, guint64 record_len, guint64 *drained)
+{
+  guint64 pages;
+
+  if (is_overflow (g, record_len))
+    return 0;
+  *drained += record_len + LEAF_RECORD_FOOTPRINT;
+  pages = *drained / g->page_size;
+  if (pages <= 2)
+    return 0;
+  *drained -= (pages - 2) * g->page_size;
+  return (pages - 2) * g->page_size;
+}
+
 guint64
 mcq_space_log_growth (const McqSpaceGeometry *g, guint64 offset, guint64 bytes)
 {

@@ -28,6 +28,14 @@ guint64 mcq_space_db_bytes (const McqSpaceGeometry *g, guint64 record_len);
  * on the file's free list for reuse: its overflow pages. */
 guint64 mcq_space_db_freed (const McqSpaceGeometry *g, guint64 record_len);
 
+/* Removing a record small enough for a leaf page frees no page itself,
+ * but a queue's leaf pages are emptied, and freed, as its head moves on:
+ * adds the record to *drained (the queue's count) and returns the bytes
+ * of whole pages that are now surely free, which leaves two pages'
+ * worth in *drained (the head's page, and one shared with another queue). */
+guint64 mcq_space_leaf_pages_freed (const McqSpaceGeometry *g, guint64 record_len,
+                                    guint64 *drained);
+
 /* File-system bytes that writing `bytes` more log takes, the log being
  * `offset` bytes into its current file: whole new files when they are
  * preallocated, else the bytes themselves. */

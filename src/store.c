@@ -85,6 +85,8 @@ typedef struct {
   guint64 enqueued, dequeued;
   guint64 bytes;
   gint64 head_time;            /* enqueue time of the head message, 0 if empty */
+  guint64 leaf_drained;        /* leaf bytes taken from its head, not yet counted
+                                  as free pages (mcq_space_leaf_pages_freed) */
   guint seg_epoch;             /* == McqStore.seg_epoch once touched by the segment */
 } Queue;
 
@@ -1305,7 +1307,9 @@ seg_get (McqStore *s, McqOp *op)
       s->depth--;
       s->seg_bytes += m->len + LOG_OP_OVERHEAD;   /* the removal logs the record */
       s->seg_log += mcq_space_log_bytes (&s->space.geom, m->len + MSG_HEADER_SIZE);
-      s->seg_db_free += mcq_space_db_freed (&s->space.geom, m->len + MSG_HEADER_SIZE);
+      s->seg_db_free += mcq_space_db_freed (&s->space.geom, m->len + MSG_HEADER_SIZE) +
+                        mcq_space_leaf_pages_freed (&s->space.geom, m->len + MSG_HEADER_SIZE,
+                                                    &q->leaf_drained);
     }
   for (i = 0; i < op->messages->len; i++)
     {

@@ -518,3 +518,59 @@ def test_messages_of_the_largest_size_on_a_small_disk(tmp_path, make_daemon, dis
             assert c.get("bq") is None
         assert d.stop() == 0
     assert sampler.low > 0, "the disk reached 0 free bytes"
+
+
+def small_body(i):
+    return (b"%08d" % i).ljust(500, b"s")
+
+
+def set_small_until_refused(c, queue, first):
+    """Pipelines numbered 500-byte sets from `first` on, 50 at a time,
+    until 200 in a row are refused.  Returns the numbers stored, in order."""
+    stored, refused_in_a_row, i = [], 0, first
+    while refused_in_a_row < 200:
+        c.send(b"".join(b"set %s 0 0 500\r\n%s\r\n" % (queue.encode(), small_body(i + k))
+                        for k in range(50)))
+        for k in range(50):
+            reply = c.read_line()
+            if reply == b"STORED\r\n":
+                stored.append(i + k)
+                refused_in_a_row = 0
+            else:
+                assert reply.startswith(b"SERVER_ERROR out of disk space"), reply
+                refused_in_a_row += 1
+        i += 50
+    return stored
+
+
+def get_small(c, queue, i):
+    c.send(b"get %s\r\n" % queue.encode())
+    vals = c.read_values()
+    assert vals and vals[0][2] == small_body(i), "message %d: %r" % (i, vals[:1])
+
+
+def test_small_messages_drained_by_half_make_room_again(tmp_path, make_daemon):
+    """500-byte messages share leaf pages, and a queue's leaves are freed as
+    its head moves on: after half a full disk is drained, sets are accepted
+    again, no get fails for want of space, the disk never reaches 0 bytes,
+    and a kill -9 and restart lose nothing."""
+    with mounted_tmpfs(tmp_path / "mnt", "16m",
+                       "needs root to mount a small tmpfs as the state directory") as mnt, \
+            FreeSpaceSampler(mnt) as sampler:
+        d = make_daemon([], home=mnt / "home")
+        with d.client(timeout=30) as c:
+            stored = set_small_until_refused(c, "sq", 0)
+            half = len(stored) // 2
+            for i in stored[:half]:
+                get_small(c, "sq", i)
+            again = set_small_until_refused(c, "sq", stored[-1] + 1000)
+            assert len(again) >= half // 4, "%d sets accepted after %d of %d were drained" % (
+                len(again), half, len(stored))
+        d.kill9()
+        d.start()
+        with d.client(timeout=30) as c:
+            for i in stored[half:] + again:
+                get_small(c, "sq", i)
+            assert c.get("sq") is None
+        assert d.stop() == 0
+    assert sampler.low > 0, "the disk reached 0 free bytes"

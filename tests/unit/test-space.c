@@ -41,6 +41,30 @@ test_db_bytes_are_whole_overflow_pages (void)
   g_assert_cmpuint (mcq_space_db_bytes (&g, 112), >=, 112);
 }
 
+/* Leaf pages are credited only once surely empty: two pages' worth of a
+ * queue's drained records stay uncounted (its head's page and one it may
+ * share with another queue). */
+static void
+test_leaf_pages_freed_as_the_head_moves_on (void)
+{
+  McqSpaceGeometry g = durable (MIB);
+  guint64 drained = 0, freed = 0;
+
+  for (int i = 0; i < 16; i++)
+    freed += mcq_space_leaf_pages_freed (&g, 492, &drained);
+  g_assert_cmpuint (freed, ==, 0);         /* 16 x 512 bytes: two pages */
+  for (int i = 0; i < 8; i++)
+    freed += mcq_space_leaf_pages_freed (&g, 492, &drained);
+  g_assert_cmpuint (freed, ==, 4096);
+  g_assert_cmpuint (drained, ==, 2 * 4096);
+  for (int i = 0; i < 800; i++)
+    freed += mcq_space_leaf_pages_freed (&g, 492, &drained);
+  g_assert_cmpuint (freed + drained, ==, 824 * 512);
+  g_assert_cmpuint (drained, <, 3 * 4096);
+  /* Overflow records are counted by mcq_space_db_freed instead. */
+  g_assert_cmpuint (mcq_space_leaf_pages_freed (&g, 1000012, &drained), ==, 0);
+}
+
 static void
 test_log_growth_counts_whole_preallocated_files (void)
 {
@@ -82,6 +106,7 @@ main (int argc, char **argv)
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/space/log-bytes", test_log_bytes_cover_big_records);
   g_test_add_func ("/space/db-bytes", test_db_bytes_are_whole_overflow_pages);
+  g_test_add_func ("/space/leaf-pages", test_leaf_pages_freed_as_the_head_moves_on);
   g_test_add_func ("/space/log-growth", test_log_growth_counts_whole_preallocated_files);
   g_test_add_func ("/space/reserve", test_reserve_follows_the_largest_message);
   return g_test_run ();
