@@ -97,8 +97,6 @@ mcq_space_leaf_pages_freed (const McqSpaceGeometry *g, guint64 record_len, guint
 guint64
 mcq_space_log_growth (const McqSpaceGeometry *g, guint64 offset, guint64 bytes)
 {
-  if (!g->log_prealloc)
-    return bytes;
   guint64 cap = g->log_file_bytes - LOG_FILE_SLACK (g);
   guint64 left = offset < cap ? cap - offset : 0;
   if (bytes <= left)
@@ -171,6 +169,17 @@ mcq_space_clear (McqSpace *sp)
   g_clear_pointer (&sp->messages_path, g_free);
 }
 
+/* Space already promised: the cache's pages past the database file's
+ * blocks, and, when log files grow as they are written (-N), the rest of
+ * the current one, which fills before any checkpoint can remove it. */
+static guint64
+owed (const McqSpace *sp)
+{
+  guint64 f = sp->geom.log_file_bytes, off = sp->look.log_offset;
+
+  return sp->look.db_unwritten + (sp->geom.log_prealloc || off >= f ? 0 : f - off);
+}
+
 /* Commits between looks only ever spend. */
 #define LOOK_EVERY_US (100 * 1000)
 
@@ -186,7 +195,7 @@ mcq_space_look (McqSpace *sp, gboolean force, guint ckp_gen, DB_ENV *env, DB *me
       sp->looked_at = now;
       sp->ckp_gen = ckp_gen;
       sp->spent = 0;
-      sp->room = (gint64) sp->look.avail - (gint64) sp->look.db_unwritten -
+      sp->room = (gint64) sp->look.avail - (gint64) owed (sp) -
                  (gint64) mcq_space_reserve (&sp->geom);
     }
   return !mcq_space_fits (sp, sp->geom.log_file_bytes, sp->geom.max_record, NULL);
@@ -198,7 +207,7 @@ mcq_space_fits (const McqSpace *sp, guint64 offset, guint64 record_len, guint64 
   const McqSpaceGeometry *g = &sp->geom;
   guint64 db = mcq_space_db_bytes (g, record_len);
   guint64 log = mcq_space_log_growth (g, offset, mcq_space_log_bytes (g, record_len) + CHECKPOINT_LOG);
-  gint64 usable = (gint64) sp->look.avail - (gint64) sp->look.db_unwritten - SET_MARGIN;
+  gint64 usable = (gint64) sp->look.avail - (gint64) owed (sp) - SET_MARGIN;
 
   db = db > sp->db_free ? db - sp->db_free : 0;
   if (cost != NULL)
@@ -230,9 +239,9 @@ mcq_space_refuse (const McqSpace *sp, guint64 body_len, guint64 cost, GError **e
   g_set_error (error, G_IO_ERROR, G_IO_ERROR_NO_SPACE,
                "%" G_GUINT64_FORMAT " KiB free in the home directory, of which %"
                G_GUINT64_FORMAT " KiB are kept so that the queues can always be drained and %"
-               G_GUINT64_FORMAT " KiB are owed to cached pages; this %" G_GUINT64_FORMAT
+               G_GUINT64_FORMAT " KiB are owed to pages and log not yet written; this %" G_GUINT64_FORMAT
                "-byte message may take %" G_GUINT64_FORMAT " KiB more; new messages are "
                "refused until space is freed", sp->look.avail / 1024,
-               mcq_space_reserve (&sp->geom) / 1024, sp->look.db_unwritten / 1024, body_len,
+               mcq_space_reserve (&sp->geom) / 1024, owed (sp) / 1024, body_len,
                (cost + 1023) / 1024);
 }

@@ -11,7 +11,8 @@ typedef struct {
   guint64 page_size;           /* messages.db's */
   guint64 log_file_bytes;      /* each log file's size */
   gboolean log_prealloc;       /* durable mode: a new log file takes all its
-                                  bytes at once (DB_LOG_ZERO) */
+                                  bytes at once (DB_LOG_ZERO); else the rest
+                                  of the current file is counted as owed */
   guint64 max_record;          /* largest record: the largest body (-B) and
                                   its header */
 } McqSpaceGeometry;
@@ -37,8 +38,9 @@ guint64 mcq_space_leaf_pages_freed (const McqSpaceGeometry *g, guint64 record_le
                                     guint64 *drained);
 
 /* File-system bytes that writing `bytes` more log takes, the log being
- * `offset` bytes into its current file: whole new files when they are
- * preallocated, else the bytes themselves. */
+ * `offset` bytes into its current file: the whole new files it opens
+ * (a file that grows as it is written is counted whole as well, its
+ * rest being owed from the start; see McqSpace). */
 guint64 mcq_space_log_growth (const McqSpaceGeometry *g, guint64 offset, guint64 bytes);
 
 /* Log bytes one step of draining may write under space pressure (one

@@ -489,7 +489,8 @@ def get_big(c, queue, i, size):
     ("16m", [], 1_000_000, "some"),
     ("8m", [], 1_000_000, "all"),
     ("32m", ["-B", "4194304"], 4_000_000, "some"),
-], ids=["8MiB-1MB-some", "16MiB-1MB-some", "8MiB-1MB-all", "32MiB-4MB-some"])
+    ("8m", ["-N"], 1_000_000, "some"),
+], ids=["8MiB-1MB-some", "16MiB-1MB-some", "8MiB-1MB-all", "32MiB-4MB-some", "8MiB-1MB-no-sync"])
 def test_messages_of_the_largest_size_on_a_small_disk(tmp_path, make_daemon, disk, args,
                                                       size, drain):
     """Durable mode, messages of the largest allowed size, sets until

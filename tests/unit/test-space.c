@@ -74,35 +74,25 @@ static void
 test_log_growth_counts_whole_preallocated_files (void)
 {
   McqSpaceGeometry g = durable (MIB);
-  McqSpaceGeometry n = g;
 
-  n.log_prealloc = FALSE;
   g_assert_cmpuint (mcq_space_log_growth (&g, 0, MIB), ==, 0);
   g_assert_cmpuint (mcq_space_log_growth (&g, 3 * MIB / 2, MIB), ==, 2 * MIB);
   g_assert_cmpuint (mcq_space_log_growth (&g, 2 * MIB, 1), ==, 2 * MIB);
   /* Records are not split across files: a file holds a little less. */
   g_assert_cmpuint (mcq_space_log_growth (&g, 2 * MIB, 2 * MIB), ==, 4 * MIB);
   g_assert_cmpuint (mcq_space_log_growth (&g, 2 * MIB, 5 * MIB), ==, 6 * MIB);
-  /* Without preallocation the log grows as it is written. */
-  g_assert_cmpuint (mcq_space_log_growth (&n, 3 * MIB / 2, MIB), ==, MIB);
 }
 
 static void
 test_reserve_follows_the_largest_message (void)
 {
   McqSpaceGeometry one = durable (MIB), four = durable (4 * MIB), tiny = durable (100);
-  McqSpaceGeometry nosync = one;
-
-  nosync.log_prealloc = FALSE;
   /* One new log file holds the removal of a 1 MiB message and the
    * checkpoint after it; a 4 MiB message needs three. */
   g_assert_cmpuint (mcq_space_reserve (&one), ==, 2 * MIB + 256 * 1024);
   g_assert_cmpuint (mcq_space_reserve (&four), ==, 6 * MIB + 256 * 1024);
   g_assert_cmpuint (mcq_space_reserve (&tiny), ==, 2 * MIB + 256 * 1024);
   g_assert_cmpuint (mcq_space_step_bytes (&four), >, 4 * MIB);
-  /* -N: the log grows only by what is written. */
-  g_assert_cmpuint (mcq_space_reserve (&nosync), >, mcq_space_step_bytes (&nosync));
-  g_assert_cmpuint (mcq_space_reserve (&nosync), <, 2 * MIB);
 }
 
 int
