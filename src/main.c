@@ -445,6 +445,7 @@ open_store (Daemon *d, const McqOptions *o, GError **error)
   cfg.no_sync = o->no_sync;
   cfg.log_auto_remove = o->log_auto_remove;
   cfg.cpu_placement = !o->no_cpu_placement;
+  cfg.max_body = o->max_body;
   d->server.store = mcq_store_open (&cfg, &cause);
   if (d->server.store == NULL)
     {

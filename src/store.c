@@ -10,13 +10,13 @@
 #include "store-check.h"
 #include "store-format.h"
 #include "store-quarantine.h"
+#include "store-space.h"
 
 #include <db.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/statvfs.h>
 
 /*
  * Layout.
@@ -84,10 +84,6 @@
 /* Log files are kept small (this, or four log buffers if -L is larger)
  * so that the space held back below covers whole new ones. */
 #define LOG_FILE_BYTES (2 * 1024 * 1024)
-/* Free space below which sets are refused, so that gets, deletes and
- * checkpoints (which all write log records) keep working on a full disk,
- * and a restart still has room to recover: three log files. */
-#define DISK_RESERVE_FILES 3
 
 typedef struct {
   char *name;
@@ -96,6 +92,8 @@ typedef struct {
   guint64 enqueued, dequeued;
   guint64 bytes;
   gint64 head_time;            /* enqueue time of the head message, 0 if empty */
+  guint64 leaf_drained;        /* leaf bytes taken from its head, not yet counted
+                                  as free pages (mcq_space_leaf_pages_freed) */
   guint seg_epoch;             /* == McqStore.seg_epoch once touched by the segment */
 } Queue;
 
@@ -134,8 +132,9 @@ struct _McqStore {
   guint32 seg_next_id;
   guint64 seg_depth;
   guint64 seg_bytes;           /* log volume the segment adds (estimate) */
-  guint64 seg_ovfl_bytes;      /* database space its overflow items add beyond that */
   guint64 seg_damaged;         /* messages it passed over (see pass_over) */
+  guint64 seg_log;             /* log it writes, as the space model counts it */
+  gint64 seg_db_free;          /* its change to space.db_free */
   gint64 seg_now;              /* wall clock when the segment began: the
                                 * enqueue time of its sets (one clock read
                                 * per segment rather than per set) */
@@ -168,15 +167,11 @@ struct _McqStore {
 
   gint pending;                /* atomic */
   guint64 log_debt;            /* atomic: bytes committed since the last checkpoint */
-  guint64 ovfl_debt;           /* atomic: what overflow pages add to it, for the
-                                  free-space check (see ovfl_excess) */
-  gint space_pressure;         /* atomic: sets are being refused for lack of space */
-  gint64 space_checked_at;     /* main thread: when space_look last */
-  guint64 space_slack;         /*   looked, the room it found beyond the reserve */
-  guint64 space_avail, space_reserve;   /* and what it found (home_space) */
-  guint space_ckp_gen;         /*   and ckp_gen then: a checkpoint since (which
-                                  writes the debt out) means looking again */
-  guint64 space_debt_at;       /*   and the debt then */
+  gint space_pressure;         /* atomic: a set of the largest size could be refused */
+  McqSpace space;              /* main thread: see store-space.h */
+  gboolean space_careful;      /* main thread: too little room for this batch's
+                                  worst case: one op per transaction */
+  guint32 settled_log_file;    /* main thread: the log file at the last log removal */
   gint64 compact_checked_at;   /* main thread: see compact_if_mostly_free */
   gint64 compacted_at;
   McqStoreMark *mark;          /* memcacheq.state: see store-check.h */
@@ -505,48 +500,28 @@ load_queues (McqStore *s, GError **error)
   return TRUE;
 }
 
-/* Short of space (space_tight) the log written since the last checkpoint
- * is kept to half a log file: past that, a checkpoint and the removal of the
- * log files it frees come before anything more is written (see
- * run_batch, seg_get, purge_step).  A transaction's log stays on disk
- * until a checkpoint follows it, and the reserve (home_space) holds only
- * three log files: a batch of gets of big messages written as one
- * transaction (16 gets of 1 MB: 16 MB of log), or a queue of them purged
- * 512 messages at a time, took the disk to 0 bytes free; from then on
- * every request and checkpoint failed, and the environment could not
- * even be recovered at the next start. */
+/* Short of space (space_tight), every transaction is one request, and
+ * once the log has moved to a new file, or written one drain step, a
+ * checkpoint and the removal of the log files it frees come before
+ * anything more is written (see run_batch, seg_get, purge_step).  A
+ * transaction's log stays on disk until a checkpoint follows it, and the
+ * reserve covers one step from any log position. */
 static guint64
 space_step (McqStore *s)
 {
-  return s->log_file_bytes / 2;
+  return mcq_space_step_bytes (&s->space.geom);
 }
 
-/* Short of space: sets are refused, or the room left past the reserve
- * and the debt, at the last look, is under SPACE_TIGHT_FILES log files
- * (a batch of gets alone can write that much).  Main thread only. */
-#define SPACE_TIGHT_FILES 8
+/* Short of space: a set of the largest size would be refused, or this
+ * batch's worst case does not fit in the room left.  Main thread only. */
 static gboolean
 space_tight (McqStore *s)
 {
-  return g_atomic_int_get (&s->space_pressure) != 0 ||
-         s->space_slack < SPACE_TIGHT_FILES * s->log_file_bytes;
+  return g_atomic_int_get (&s->space_pressure) != 0 || s->space_careful;
 }
 
-/* Free space in the home, and how much of it is kept for gets, deletes,
- * checkpoints and recovery (see refuse_sets_if_disk_low); FALSE if
- * statvfs fails. */
-static gboolean
-home_space (McqStore *s, guint64 *avail, guint64 *reserve)
-{
-  struct statvfs st;
 
-  if (statvfs (s->cfg.home, &st) != 0)
-    return FALSE;
-  *avail = (guint64) st.f_bavail * st.f_frsize;
-  /* On a small filesystem hold back a quarter of it instead. */
-  *reserve = MIN (DISK_RESERVE_FILES * s->log_file_bytes, (guint64) st.f_blocks * st.f_frsize / 4);
-  return TRUE;
-}
+static void space_look (McqStore *s, gboolean force);
 
 /* Every transaction starts here.  The environment has no lock subsystem
  * (see mcq_store_open), which is sound only while one thread runs all the
@@ -599,8 +574,8 @@ reserve_pages (McqStore *s)
    * log write while they are undone could make Berkeley DB give up on
    * the environment.  A daemon that starts on a full disk is there to
    * let its queues be drained: skip. */
-  guint64 avail, reserve;
-  if (!home_space (s, &avail, &reserve) || avail < reserve + 8 * n * page_size)
+  space_look (s, TRUE);
+  if (s->space.room < (gint64) (2 * s->log_file_bytes + 8 * n * page_size))
     {
       g_debug ("not reserving free pages in messages.db: short of disk space");
       return;
@@ -631,7 +606,10 @@ reserve_pages (McqStore *s)
   ret = txn->commit (txn, 0);
   txn = NULL;
   if (ret == 0)
-    return;
+    {
+      s->space.db_free += (n - 1) * page_size;   /* one overflow page each */
+      return;
+    }
 fail:
   if (txn != NULL)
     txn->abort (txn);
@@ -679,7 +657,7 @@ static GSourceFuncs flusher_funcs;
 static GSourceFuncs deliverer_funcs;
 static gpointer maint_thread (gpointer data);
 static void settle_if_pressed (McqStore *s);
-static void space_look (McqStore *s);
+static void space_open (McqStore *s);
 
 McqStore *
 mcq_store_open (const McqStoreConfig *cfg, GError **error)
@@ -792,6 +770,7 @@ mcq_store_open (const McqStoreConfig *cfg, GError **error)
     s->messages_db->get_pagesize (s->messages_db, &page_size);
     s->page_size = page_size;
   }
+  space_open (s);
   reserve_pages (s);
   s->mark = mcq_store_mark_open (s->cfg.home, env);
   s->outbox_tail = &s->outbox;
@@ -1069,8 +1048,9 @@ seg_begin (McqStore *s, GError **error)
   s->seg_next_id = s->next_id;
   s->seg_depth = s->depth;
   s->seg_bytes = 0;
-  s->seg_ovfl_bytes = 0;
   s->seg_damaged = 0;
+  s->seg_log = 0;
+  s->seg_db_free = 0;
   s->seg_now = g_get_real_time ();
   return begin (s, &s->seg_txn, error);
 }
@@ -1175,8 +1155,9 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
     mark_dirty (s, g_array_index (s->seg_undo, Undo, i).q->name);
   g_array_set_size (s->seg_undo, 0);
   add_log_debt (s, s->seg_bytes);
-  __atomic_add_fetch (&s->ovfl_debt, s->seg_ovfl_bytes, __ATOMIC_RELAXED);
   mcq_quarantine_count_add (s->quarantine, s->seg_damaged);
+  s->space.db_free = s->seg_db_free >= 0 || s->space.db_free > (guint64) -s->seg_db_free
+                     ? s->space.db_free + s->seg_db_free : 0;
   return TRUE;
 }
 
@@ -1213,24 +1194,6 @@ add_log_debt (McqStore *s, guint64 bytes)
     }
 }
 
-/* Database space a record of len bytes takes beyond len + LOG_OP_OVERHEAD.
- * A btree item bigger than about a quarter of a page goes to overflow
- * pages of its own: a 1012-byte record fills a whole 4 KiB page, 3.3 times
- * what the log estimate counts, and the free-space check, trusting that
- * estimate, let a disk of big messages fill up to the last block (gets
- * then failed for lack of room to log, and recovery with them). */
-static guint64
-ovfl_excess (McqStore *s, guint64 len)
-{
-  guint64 page = s->page_size;
-  guint64 per_page = page - 32;       /* less each page's header */
-
-  if (len <= page / 4 - 40)
-    return 0;
-  guint64 bytes = (len + per_page - 1) / per_page * page;
-  return bytes > len + LOG_OP_OVERHEAD ? bytes - (len + LOG_OP_OVERHEAD) : 0;
-}
-
 static gboolean
 seg_set (McqStore *s, McqOp *op)
 {
@@ -1261,7 +1224,8 @@ seg_set (McqStore *s, McqOp *op)
   q->bytes += op->body->len - MSG_HEADER_SIZE;
   s->depth++;
   s->seg_bytes += op->body->len + LOG_OP_OVERHEAD;
-  s->seg_ovfl_bytes += ovfl_excess (s, op->body->len);
+  s->seg_log += mcq_space_log_bytes (&s->space.geom, op->body->len);
+  s->seg_db_free -= mcq_space_db_bytes (&s->space.geom, op->body->len);
   return TRUE;
 }
 
@@ -1334,6 +1298,7 @@ set_aside (McqStore *s, Queue *q, const guint8 *rec, size_t len, const char *why
                                  rec, len, why)) != 0)
     return ret;
   s->seg_bytes += 2 * len + LOG_OP_OVERHEAD;
+  s->seg_log += 2 * mcq_space_log_bytes (&s->space.geom, len);   /* the copy and the removal */
   q->bytes -= MIN (q->bytes, len);
   return s->seg_cursor->del (s->seg_cursor, 0);
 }
@@ -1494,6 +1459,16 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
   return 0;
 }
 
+/* Whether a get segment may take one more message: always its first;
+ * short of space, another only if the log it has written plus one of the
+ * largest message still fits in the room past the reserve. */
+static gboolean
+space_allows_another (McqStore *s)
+{
+  return s->seg_log == 0 || !space_tight (s) ||
+         mcq_space_fits_log (&s->space, s->seg_log + space_step (s));
+}
+
 static gboolean
 seg_get (McqStore *s, McqOp *op)
 {
@@ -1519,9 +1494,10 @@ seg_get (McqStore *s, McqOp *op)
       m->len = 0;
       if (q == NULL || q->head == q->tail)
         continue;
-      /* Short of space, a multi-get takes what one space step allows (at
-       * least one message); the rest answer empty and stay queued. */
-      if (s->seg_bytes >= space_step (s) && space_tight (s))
+      /* Short of space, a multi-get takes one message, and more only while
+       * the room left holds another of the largest size; the rest answer
+       * empty and stay queued. */
+      if (!space_allows_another (s))
         continue;
       seg_touch (s, q);
       if ((ret = take_head (s, q, op, m, &declined)) != 0)
@@ -1534,6 +1510,10 @@ seg_get (McqStore *s, McqOp *op)
       q->bytes -= MIN (q->bytes, m->len);
       s->depth--;
       s->seg_bytes += m->len + LOG_OP_OVERHEAD;   /* the removal logs the record */
+      s->seg_log += mcq_space_log_bytes (&s->space.geom, m->len + MSG_HEADER_SIZE);
+      s->seg_db_free += mcq_space_db_freed (&s->space.geom, m->len + MSG_HEADER_SIZE) +
+                        mcq_space_leaf_pages_freed (&s->space.geom, m->len + MSG_HEADER_SIZE,
+                                                    &q->leaf_drained);
     }
   for (i = 0; i < op->messages->len; i++)
     {
@@ -1696,13 +1676,9 @@ settle (McqStore *s, gboolean remove_logs, GError **error)
 
   g_mutex_lock (&s->ckp_lock);
   guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED);
-  guint64 ovfl = __atomic_load_n (&s->ovfl_debt, __ATOMIC_RELAXED);
   ok = remove_logs ? archive (s, error) : checkpoint (s, error);
   if (ok)
-    {
-      __atomic_sub_fetch (&s->log_debt, debt, __ATOMIC_RELAXED);
-      __atomic_sub_fetch (&s->ovfl_debt, ovfl, __ATOMIC_RELAXED);
-    }
+    __atomic_sub_fetch (&s->log_debt, debt, __ATOMIC_RELAXED);
   g_atomic_int_set (&s->ckp_failing, !ok);
   g_mutex_unlock (&s->ckp_lock);
   g_mutex_lock (&s->debt_lock);
@@ -1712,22 +1688,34 @@ settle (McqStore *s, gboolean remove_logs, GError **error)
   return ok;
 }
 
+static guint64 log_end (McqStore *s);
+
 /* Short of space: a checkpoint with log removal once at least min_debt
  * bytes of log have been committed since the last one.  A failure is only
- * logged: the requests go on, on what space is left. */
+ * logged: the requests go on, on what space is left.  Main thread. */
 static void
 settle_if_owed (McqStore *s, guint64 min_debt)
 {
   g_autoptr(GError) err = NULL;
 
-  if (__atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) >= min_debt && !settle (s, TRUE, &err))
+  if (__atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) < min_debt)
+    return;
+  if (!settle (s, TRUE, &err))
     g_debug ("checkpoint under space pressure: %s", err->message);
+  else
+    s->settled_log_file = (guint32) (log_end (s) / s->log_file_bytes);
 }
 
+/* Short of space, after each transaction: settles once the log has
+ * moved to a new file (the reserve holds one more) or written a step. */
 static void
 settle_if_pressed (McqStore *s)
 {
-  if (space_tight (s))
+  if (!space_tight (s))
+    return;
+  if ((guint32) (log_end (s) / s->log_file_bytes) != s->settled_log_file)
+    settle_if_owed (s, 1);
+  else
     settle_if_owed (s, space_step (s));
 }
 
@@ -1789,8 +1777,9 @@ archive (McqStore *s, GError **error)
 
 /* Removes up to PURGE_CHUNK messages of one deleted queue, and no more
  * than PURGE_LOG_BYTES of log (each removal logs the whole message, and
- * 512 messages of 1 MB made one 512 MB transaction), or a space step
- * under pressure; at least one. */
+ * 512 messages of 1 MB made one 512 MB transaction); short of room for
+ * that, only while the room left holds another message of the largest
+ * size.  At least one. */
 #define PURGE_LOG_BYTES (4 * 1024 * 1024)
 static void
 purge_step (McqStore *s)
@@ -1799,11 +1788,16 @@ purge_step (McqStore *s)
   DB_TXN *txn = NULL;
   DBT k, v;
   guint8 idbuf[4], range[16], key[MSG_KEY_SIZE];
-  guint64 head, tail, n, start = log_end (s), budget;
+  guint64 head, tail, n, start = log_end (s), worst;
+  gboolean tight;
   int ret;
 
-  space_look (s);
-  budget = space_tight (s) ? space_step (s) : PURGE_LOG_BYTES;
+  space_look (s, FALSE);
+  worst = mcq_space_worst (&s->space, PURGE_LOG_BYTES, 0, 1, 0);
+  tight = g_atomic_int_get (&s->space_pressure) || s->space.room - (gint64) s->space.spent < (gint64) worst;
+  if (tight)
+    space_look (s, TRUE);
+  s->space_careful = tight;   /* settle_if_pressed settles after it */
 
   if (txn_start (s, &txn) != 0)
     return;
@@ -1830,7 +1824,9 @@ purge_step (McqStore *s)
   for (n = 0; head < tail && n < PURGE_CHUNK; n++, head++)
     {
       DBT mk;
-      if (n > 0 && start != 0 && log_end (s) - start >= budget)
+      if (n > 0 && start != 0 &&
+          (tight ? !mcq_space_fits_log (&s->space, log_end (s) - start + space_step (s))
+                 : log_end (s) - start >= PURGE_LOG_BYTES))
         break;
       encode_msg_key (get_be32 (idbuf), head, key);
       dbt_init (&mk, key, sizeof key);
@@ -1852,6 +1848,7 @@ purge_step (McqStore *s)
     g_warning ("purging a deleted queue: %s", db_strerror (ret));
   else if (start != 0)
     add_log_debt (s, log_end (s) - start);
+  s->space.spent += worst;
   return;
 
 abort_cursor:
@@ -2016,73 +2013,86 @@ op_in_segment (const McqOp *op)
   return (op->type == MCQ_OP_SET || op->type == MCQ_OP_GET) && op->status != MCQ_OP_FAILED;
 }
 
-/* Once free space in the home falls under the reserve (home_space), sets fail
- * up front: what is left is kept for the gets that will free space again.
- * The statvfs is skipped for up to SPACE_RECHECK_US while the debt our
- * own commits added since the last one is under a quarter of the room it
- * found (each byte of debt takes about two on disk: the log now, the
- * database at the next checkpoint).  A checkpoint since the last look
- * has written debt out, and under pressure there is no room: both look
- * again, as does every batch with sets near the reserve.  It
- * had been one statvfs per batch: 0.03-0.06 per op. */
-#define SPACE_RECHECK_US (100 * 1000)
+/* Looks at the free space again (see mcq_space_look) and publishes the
+ * pressure. */
 static void
-space_look (McqStore *s)
+space_look (McqStore *s, gboolean force)
 {
-  guint64 avail, reserve;
-  /* What sits in the cache and log but not yet in the database files will
-   * take that much space again when the next checkpoint writes it out. */
-  guint64 debt = __atomic_load_n (&s->log_debt, __ATOMIC_RELAXED) +
-                 __atomic_load_n (&s->ovfl_debt, __ATOMIC_RELAXED);
-  gint64 now = g_get_monotonic_time ();
   guint gen = __atomic_load_n (&s->ckp_gen, __ATOMIC_RELAXED);
 
-  if (now - s->space_checked_at < SPACE_RECHECK_US && debt >= s->space_debt_at &&
-      debt - s->space_debt_at < s->space_slack / 4 && gen == s->space_ckp_gen)
-    return;
-  if (!home_space (s, &avail, &reserve))
-    return;
-  s->space_checked_at = now;
-  s->space_ckp_gen = gen;
-  s->space_debt_at = debt;
-  s->space_avail = avail;
-  s->space_reserve = reserve;
-  s->space_slack = 0;
-  if (avail >= reserve + debt)
-    {
-      s->space_slack = avail - reserve - debt;
-      g_atomic_int_set (&s->space_pressure, 0);
-      return;
-    }
-  g_atomic_int_set (&s->space_pressure, 1);
+  g_atomic_int_set (&s->space_pressure,
+                    mcq_space_look (&s->space, force, gen, s->env, s->messages_db));
 }
 
+/* At start: the space model and a first look; short of space, the log
+ * files recovery no longer needs are removed before anything else is
+ * written. */
 static void
-refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
+space_open (McqStore *s)
 {
-  guint i;
+  g_autoptr(GError) err = NULL;
+  McqSpaceGeometry g = {
+    s->page_size, s->log_file_bytes, !s->cfg.no_sync,
+    (s->cfg.max_body != 0 ? s->cfg.max_body : 1024 * 1024) + MSG_HEADER_SIZE,
+  };
 
-  /* Batches without sets look too: after a restart on a full disk, gets
-   * alone must find the pressure to settle their log (see space_step). */
-  for (i = 0; i < n && !op_commits (batch[i]); i++)
-    ;
-  if (i == n)
-    return;
-  space_look (s);
+  mcq_space_init (&s->space, &g, s->cfg.home);
+  space_look (s, TRUE);
   if (!g_atomic_int_get (&s->space_pressure))
     return;
-  for (i = 0; i < n; i++)
+  if (!archive (s, &err))
+    g_warning ("removing old log files on a full disk: %s", err->message);
+  s->settled_log_file = (guint32) (log_end (s) / s->log_file_bytes);
+  space_look (s, TRUE);
+}
+
+/* Before a batch that writes: if its worst case does not fit in the
+ * room, it runs carefully: one op per transaction, each set admitted on
+ * a fresh look (space_admit), the log settled between them, starting
+ * with what is owed. */
+static void
+space_plan (McqStore *s, McqOp **batch, guint n)
+{
+  guint64 set_log = 0, set_db = 0, keys = 0;
+  guint others = 0;
+
+  for (guint i = 0; i < n; i++)
     if (batch[i]->type == MCQ_OP_SET)
       {
-        batch[i]->status = MCQ_OP_FAILED;
-        g_clear_error (&batch[i]->error);
-        g_set_error (&batch[i]->error, G_IO_ERROR, G_IO_ERROR_NO_SPACE,
-                     "%" G_GUINT64_FORMAT " KiB free in the home directory, below the %"
-                     G_GUINT64_FORMAT " KiB kept for gets plus the %" G_GUINT64_FORMAT
-                     " KiB that recent commits will still take on disk; new messages are "
-                     "refused until space is freed", s->space_avail / 1024,
-                     s->space_reserve / 1024, s->space_debt_at / 1024);
+        set_log += mcq_space_log_bytes (&s->space.geom, batch[i]->body->len);
+        set_db += mcq_space_db_bytes (&s->space.geom, batch[i]->body->len);
       }
+    else if (batch[i]->type == MCQ_OP_GET)
+      keys += batch[i]->nkeys;
+    else
+      others++;
+  guint64 worst = mcq_space_worst (&s->space, set_log, set_db, keys, others);
+
+  space_look (s, FALSE);
+  s->space_careful = s->space.room - (gint64) s->space.spent < (gint64) worst;
+  if (!s->space_careful)
+    s->space.spent += worst;
+  else if (g_atomic_int_get (&s->space_pressure) ||
+           (guint32) (log_end (s) / s->log_file_bytes) != s->settled_log_file)
+    settle_if_owed (s, 1);
+}
+
+/* Careful batches: a set runs only if it fits (mcq_space_fits) on a
+ * fresh look, else it fails with G_IO_ERROR_NO_SPACE: what is left is
+ * kept for the gets that drain the disk, and for recovery. */
+static void
+space_admit (McqStore *s, McqOp *op)
+{
+  guint64 cost;
+
+  space_look (s, TRUE);
+  if (op->type != MCQ_OP_SET ||
+      mcq_space_fits (&s->space, s->space.look.log_offset, op->body->len, &cost))
+    return;
+  g_atomic_int_set (&s->space_pressure, 1);
+  op->status = MCQ_OP_FAILED;
+  g_clear_error (&op->error);
+  mcq_space_refuse (&s->space, op->body->len - MSG_HEADER_SIZE, cost, &op->error);
 }
 
 /* Berkeley DB keeps the pages of consumed messages on messages.db's free
@@ -2095,7 +2105,11 @@ refuse_sets_if_disk_low (McqStore *s, McqOp **batch, guint n)
  * records move to lower pages and the free end of the file goes back to
  * the file system), at most every COMPACT_EVERY_S (looking once a
  * second whether it should).  That also undoes the
- * page reserve (reserve_pages) until the next start, costing speed only. */
+ * page reserve (reserve_pages) until the next start, costing speed only.
+ * Moving a record logs it again: the compaction runs only if that log
+ * (counted as twice the queues' bytes) fits in the room past the reserve,
+ * or is no more than one drain step, which the reserve holds; the log
+ * is settled right after. */
 #define COMPACT_EVERY_S 10
 static void
 compact_if_mostly_free (McqStore *s)
@@ -2104,31 +2118,43 @@ compact_if_mostly_free (McqStore *s)
   gint64 now = g_get_monotonic_time ();
   /* What the queues hold: bodies, plus key, header and the btree's own
    * few bytes for each message. */
-  guint64 held = PAGE_RESERVE_BYTES + s->depth * (MSG_KEY_SIZE + MSG_HEADER_SIZE + 16);
+  guint64 held = s->depth * (MSG_KEY_SIZE + MSG_HEADER_SIZE + 16) + s->page_size;
+  guint64 start, log;
   GHashTableIter iter;
   gpointer value;
   GStatBuf st;
   DB_COMPACT c = { 0 };
   int ret;
 
-  if ((s->compacted_at != 0 && now - s->compacted_at < COMPACT_EVERY_S * G_USEC_PER_SEC) ||
+  /* A deleted queue's messages are still records: purged first. */
+  if (s->purge_pending ||
+      (s->compacted_at != 0 && now - s->compacted_at < COMPACT_EVERY_S * G_USEC_PER_SEC) ||
       (s->compact_checked_at != 0 && now - s->compact_checked_at < G_USEC_PER_SEC))
     return;
   s->compact_checked_at = now;
   g_hash_table_iter_init (&iter, s->queues);
   while (g_hash_table_iter_next (&iter, NULL, &value))
     held += ((Queue *) value)->bytes;
-  if (g_stat (path, &st) != 0 || (guint64) st.st_size <= 2 * held)
+  if (g_stat (path, &st) != 0 || (guint64) st.st_size <= 2 * (PAGE_RESERVE_BYTES + held))
+    return;
+  space_look (s, TRUE);
+  log = mcq_space_log_bytes (&s->space.geom, 2 * held);
+  if (log > space_step (s) && !mcq_space_fits_log (&s->space, log))
     return;
   s->compacted_at = now;
+  start = log_end (s);
   ret = s->messages_db->compact (s->messages_db, NULL, NULL, NULL, &c, DB_FREE_SPACE, NULL);
   if (ret != 0)
     g_warning ("compacting messages.db to free disk space: %s", db_strerror (ret));
   else
     g_info ("compacted messages.db to free disk space: %u pages given back",
             (guint) c.compact_pages_truncated);
-  /* The next batch with sets looks at the free space again. */
-  s->space_checked_at = 0;
+  /* The free pages left, if any, are no longer known. */
+  s->space.db_free = 0;
+  if (start != 0 && log_end (s) > start)
+    add_log_debt (s, log_end (s) - start);
+  settle_if_owed (s, 1);
+  space_look (s, TRUE);
 }
 
 /* Runs one batch (at most BATCH_MAX ops) and passes its ops on: to the
@@ -2150,15 +2176,15 @@ run_batch (McqStore *s, McqOp **batch, guint n)
   if (last_commit > 0)
     wait_for_checkpoint (s);
 
-  /* Short of space, every batch that writes starts with a checkpoint
-   * and log removal: that is what turns consumed messages back into
-   * free space, and it keeps the gets that drain a full disk from
-   * filling it with their own log records. */
-  if (last_commit > 0 && g_atomic_int_get (&s->space_pressure))
-    settle_if_owed (s, 1);
+  /* Short of space, a batch that writes runs carefully, starting with a
+   * checkpoint and log removal: that is what turns consumed messages
+   * back into free space, and it keeps the gets that drain a full disk
+   * from filling it with their own log records. */
+  s->space_careful = FALSE;
+  if (last_commit > 0)
+    space_plan (s, batch, n);
   if (g_atomic_int_get (&s->space_pressure))
     compact_if_mostly_free (s);
-  refuse_sets_if_disk_low (s, batch, n);
 
   /* Runs of sets and gets become segments (one transaction each); the
    * last commit of the batch writes the log to the kernel, so every
@@ -2166,6 +2192,8 @@ run_batch (McqStore *s, McqOp **batch, guint n)
    * process. */
   for (i = 0; i < n;)
     {
+      if (s->space_careful && op_in_segment (batch[i]))
+        space_admit (s, batch[i]);
       if (op_in_segment (batch[i]))
         {
           guint j = i;
@@ -2521,6 +2549,7 @@ mcq_store_close (McqStore *s)
   g_mutex_clear (&s->debt_lock);
   g_cond_clear (&s->debt_cond);
   g_cond_clear (&s->maint_cond);
+  mcq_space_clear (&s->space);
   g_free (s->cfg.home);
   g_free (s);
 }

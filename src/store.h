@@ -21,6 +21,8 @@ typedef struct {
   gboolean log_auto_remove;    /* -R */
   gboolean cpu_placement;      /* durable mode: the sync thread on the CPUs of the
                                   disk's interrupts (see placement.h) */
+  guint64 max_body;            /* -B: the largest message, which sizes the free
+                                  space kept for draining; 0 = 1 MiB */
 } McqStoreConfig;
 
 typedef enum {
