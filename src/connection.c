@@ -146,11 +146,23 @@ static guint slot_cache_len;
 static gsize released_bytes;
 #define RELEASE_TRIM_BYTES (8 * 1024 * 1024)
 
-/* Frees a big buffer and counts it for the sweep's malloc_trim. */
+/* The bytes buf's storage takes: its capacity, which its len (cut by
+ * remove_range or reset for reuse) may understate by far. */
+static gsize
+buf_allocated (const GByteArray *buf)
+{
+#ifdef __GLIBC__
+  return buf->data != NULL ? malloc_usable_size (buf->data) : 0;
+#else
+  return buf->len;
+#endif
+}
+
+/* Frees a big buffer and counts all its storage for the sweep's malloc_trim. */
 static void
 release_big (GByteArray **buf)
 {
-  released_bytes += (*buf)->len;
+  released_bytes += buf_allocated (*buf);
   g_clear_pointer (buf, g_byte_array_unref);
 }
 
@@ -176,11 +188,11 @@ release_trim_idle (gpointer data)
   return G_SOURCE_REMOVE;
 }
 
-/* Frees buf, counting it as big if it held more than a kept buffer. */
+/* Frees buf, counting it as big if its storage is more than a kept buffer's. */
 static void
 release_any (GByteArray **buf)
 {
-  if (*buf != NULL && (*buf)->len > SLOT_BODY_KEEP)
+  if (*buf != NULL && buf_allocated (*buf) > SLOT_BODY_KEEP)
     release_big (buf);
   else
     g_clear_pointer (buf, g_byte_array_unref);
