@@ -1,4 +1,4 @@
-"""memcacheq on D-Bus (issue 5): the bus name, the objects and their properties, the
+"""memcacheq on D-Bus: the bus name, the objects and their properties, the
 signals and their coalescing, the bus policy, surviving the bus, and memcacheqctl.
 
 Every test starts its own dbus-daemon configured like the system bus (method calls

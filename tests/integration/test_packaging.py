@@ -143,7 +143,7 @@ def test_man_page_lists_every_option(page):
     assert not missing, "%s does not document %s" % (page, ", ".join(missing))
 
 
-def test_memcacheq_page_has_the_sections_the_issue_asks_for():
+def test_memcacheq_page_has_the_sections_users_look_for():
     text = man_text("memcacheq.8")
     for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "PROTOCOL", "DURABILITY",
                     "FILES", "ENVIRONMENT", "SIGNALS", '"EXIT STATUS"', '"SEE ALSO"'):
