@@ -319,18 +319,26 @@ class Daemon:
                     return False
                 pytest.fail("memcacheq exited with %s before listening; cmd=%s\nstderr:\n%s"
                             % (rc, self.command(), self.stderr()))
-            # the listener must be this process's (not someone else's on a reused port)
-            if pid_listens_on(self.proc.pid, self.port):
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
-                        return True
-                except OSError:
-                    pass
+            # the listener must be this process's (not someone else's on a reused port),
+            # and its loop must run: the socket is bound before the store opens, so a
+            # connection alone is accepted by the kernel while the daemon still starts
+            if pid_listens_on(self.proc.pid, self.port) and self._answers():
+                return True
             if time.monotonic() > deadline:
                 self.kill9()
                 pytest.fail("memcacheq did not accept on port %d within %.0fs\nstderr:\n%s"
                             % (self.port, timeout, self.stderr()))
             time.sleep(0.05)
+
+    def _answers(self):
+        """True once a request gets a reply line (whatever it says: a daemon
+        started with --auth-file or past -c answers with an error)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                s.sendall(b"version\r\n")
+                return s.recv(64).endswith(b"\r\n")
+        except OSError:
+            return False
 
     def stderr(self):
         if self._stderr_path is None:
