@@ -23,6 +23,7 @@
 #include "log.h"
 #include "lost.h"
 #include "protocol.h"
+#include "reply.h"
 
 /* Read granularity, and the bounds that keep one client from using
  * unbounded memory: past OUT_HIGH bytes of unsent replies, PIPELINE_MAX
@@ -116,7 +117,7 @@ struct _Slot {
 static void conn_update (McqConnection *c);
 static gboolean poller_watch (McqConnection *c, int op);
 static void poller_forget (McqConnection *c);
-static void format_stats (McqServer *srv, GByteArray *out);
+static void report_stats (McqServer *srv, GByteArray *out);
 static GByteArray *slot_reply (Slot *s);
 static void conn_process_input (McqConnection *c);
 static void conn_report_lost (McqConnection *c);
@@ -353,53 +354,6 @@ out_append (GByteArray *out, const void *data, size_t len)
   g_byte_array_append (out, data, (guint) len);
 }
 
-static void G_GNUC_PRINTF (2, 3)
-out_printf (GByteArray *out, const char *fmt, ...)
-{
-  char buf[512];
-  va_list ap;
-  int n;
-
-  va_start (ap, fmt);
-  n = g_vsnprintf (buf, sizeof buf, fmt, ap);
-  va_end (ap);
-  out_append (out, buf, (size_t) MIN (n, (int) sizeof buf - 1));
-}
-
-/* Writes v in decimal just before end (20 bytes hold any guint64);
- * returns where the digits start. */
-static char *
-decimal_end (char *end, guint64 v)
-{
-  do
-    *--end = (char) ('0' + v % 10);
-  while ((v /= 10) != 0);
-  return end;
-}
-
-/* Appends "VALUE <key> <flags> <bytes>[ <cas>]\r\n", the line before every
- * message a get returns.  Built by hand: it was the only printf on the
- * path of every get. */
-static void
-out_value_header (GByteArray *out, const char *key, guint32 flags, size_t len,
-                  gboolean with_cas, guint64 cas)
-{
-  char rest[3 * 21 + 2], num[20], *p = rest, *d;
-  guint64 fields[3] = { flags, len, cas };
-
-  out_append (out, "VALUE ", 6);
-  out_append (out, key, strlen (key));
-  for (int i = 0; i < (with_cas ? 3 : 2); i++)
-    {
-      d = decimal_end (num + sizeof num, fields[i]);
-      *p++ = ' ';
-      p = mempcpy (p, d, (size_t) (num + sizeof num - d));
-    }
-  *p++ = '\r';
-  *p++ = '\n';
-  out_append (out, rest, (size_t) (p - rest));
-}
-
 /* ---- messages lost with their connection ----------------------------------
  *
  * A connection that closes before its client has read every reply loses
@@ -533,11 +487,11 @@ conn_release_replies (McqConnection *c)
       /* "stats" and "stats reset" act when their turn comes, so that they
        * see the effect of every request sent before them. */
       if (s->cmd == MCQ_CMD_STATS)
-        format_stats (c->server, slot_reply (s));
+        report_stats (c->server, slot_reply (s));
       else if (s->cmd == MCQ_CMD_STATS_RESET)
         {
           memset (&c->server->counters, 0, sizeof c->server->counters);
-          out_append (slot_reply (s), "RESET\r\n", 7);
+          mcq_reply_line (slot_reply (s), MCQ_REPLY_RESET);
         }
       slot_hold (s, 0);
       if (s->reply != NULL && !c->closed)
@@ -576,84 +530,45 @@ static void
 reply_failure (Slot *s)
 {
   const char *msg = s->op.error ? s->op.error->message : "storage failure";
-  g_autofree char *line = g_strdelimit (g_strdup (msg), "\r\n", ' ');
 
   g_warning (_("request failed: %s"), msg);
   /* A noreply set or delete gets no error line either (see protocol.c's
    * line_is_noreply); the warning above is all that tells of it. */
   if (s->noreply)
     return;
-  if (s->op.error && g_error_matches (s->op.error, G_IO_ERROR, G_IO_ERROR_NO_SPACE))
-    out_printf (slot_reply (s), "SERVER_ERROR out of disk space: %s\r\n", line);
-  else
-    out_printf (slot_reply (s), "SERVER_ERROR %s\r\n", line);
+  mcq_reply_failure (slot_reply (s), msg,
+                     g_error_matches (s->op.error, G_IO_ERROR, G_IO_ERROR_NO_SPACE));
 }
 
+/* The stats counters and figures, for mcq_reply_stats. */
 static void
-format_values (Slot *s)
-{
-  GByteArray *out = slot_reply (s);
-  size_t pos = 0;
-  const char *name;
-
-  for (guint i = 0; (name = mcq_op_next_key (&s->op, &pos)) != NULL; i++)
-    {
-      McqMessage *m = &g_array_index (s->op.messages, McqMessage, i);
-      if (m->data == NULL)
-        continue;
-      s->hits++;
-      out_value_header (out, name, m->flags, m->len, s->with_cas, m->seq);
-      out_append (out, m->data, m->len);
-      out_append (out, "\r\n", 2);
-    }
-  out_append (out, "END\r\n", 5);
-}
-
-static void
-format_queue_stats (Slot *s)
-{
-  GByteArray *out = slot_reply (s);
-
-  for (guint i = 0; i < s->op.queue_stats->len; i++)
-    {
-      McqQueueStat *st = &g_array_index (s->op.queue_stats, McqQueueStat, i);
-      out_printf (out, "STAT %s %" G_GUINT64_FORMAT "/%" G_GUINT64_FORMAT "\r\n",
-                  st->name, st->enqueued, st->dequeued);
-    }
-  out_append (out, "END\r\n", 5);
-}
-
-static void
-format_stats (McqServer *srv, GByteArray *out)
+report_stats (McqServer *srv, GByteArray *out)
 {
   struct rusage ru;
-  gint64 now = g_get_real_time () / G_USEC_PER_SEC;
   McqCounters *k = &srv->counters;
+  McqStatsReport st = {
+    .pid = (long) getpid (),
+    .uptime_s = (g_get_monotonic_time () - srv->start_monotonic) / G_USEC_PER_SEC,
+    .time_s = g_get_real_time () / G_USEC_PER_SEC,
+    .curr_conns = srv->curr_conns,
+    .total_conns = srv->total_conns,
+    .conn_structures = srv->conn_structures,
+    .get_cmds = k->get_cmds, .get_hits = k->get_hits,
+    .set_cmds = k->set_cmds, .set_hits = k->set_hits,
+    .bytes_read = k->bytes_read, .bytes_written = k->bytes_written,
+    .threads = 2,
+    .curr_queues = mcq_store_queue_count (srv->store),
+    .curr_items = mcq_store_total_depth (srv->store),
+    .durable = mcq_store_durable (srv->store),
+    .damaged_messages = mcq_store_damaged (srv->store),
+  };
 
   getrusage (RUSAGE_SELF, &ru);
-  out_printf (out, "STAT pid %ld\r\n", (long) getpid ());
-  out_printf (out, "STAT uptime %" G_GINT64_FORMAT "\r\n",
-              (g_get_monotonic_time () - srv->start_monotonic) / G_USEC_PER_SEC);
-  out_printf (out, "STAT time %" G_GINT64_FORMAT "\r\n", now);
-  out_printf (out, "STAT version %s\r\n", MCQ_VERSION);
-  out_printf (out, "STAT pointer_size %zu\r\n", 8 * sizeof (void *));
-  out_printf (out, "STAT rusage_user %ld.%06ld\r\n", (long) ru.ru_utime.tv_sec, (long) ru.ru_utime.tv_usec);
-  out_printf (out, "STAT rusage_system %ld.%06ld\r\n", (long) ru.ru_stime.tv_sec, (long) ru.ru_stime.tv_usec);
-  out_printf (out, "STAT curr_connections %u\r\n", srv->curr_conns);
-  out_printf (out, "STAT total_connections %" G_GUINT64_FORMAT "\r\n", srv->total_conns);
-  out_printf (out, "STAT connection_structures %u\r\n", srv->conn_structures);
-  out_printf (out, "STAT get_cmds %" G_GUINT64_FORMAT "\r\n", k->get_cmds);
-  out_printf (out, "STAT get_hits %" G_GUINT64_FORMAT "\r\n", k->get_hits);
-  out_printf (out, "STAT set_cmds %" G_GUINT64_FORMAT "\r\n", k->set_cmds);
-  out_printf (out, "STAT set_hits %" G_GUINT64_FORMAT "\r\n", k->set_hits);
-  out_printf (out, "STAT bytes_read %" G_GUINT64_FORMAT "\r\n", k->bytes_read);
-  out_printf (out, "STAT bytes_written %" G_GUINT64_FORMAT "\r\n", k->bytes_written);
-  out_printf (out, "STAT threads %u\r\n", 2u);
-  out_printf (out, "STAT curr_queues %" G_GUINT64_FORMAT "\r\n", mcq_store_queue_count (srv->store));
-  out_printf (out, "STAT curr_items %" G_GUINT64_FORMAT "\r\n", mcq_store_total_depth (srv->store));
-  out_printf (out, "STAT durable %d\r\n", mcq_store_durable (srv->store) ? 1 : 0);
-  out_printf (out, "STAT damaged_messages %" G_GUINT64_FORMAT "\r\n", mcq_store_damaged (srv->store));
-  out_append (out, "END\r\n", 5);
+  st.user_s = ru.ru_utime.tv_sec;
+  st.user_us = ru.ru_utime.tv_usec;
+  st.system_s = ru.ru_stime.tv_sec;
+  st.system_us = ru.ru_stime.tv_usec;
+  mcq_reply_stats (out, &st);
 }
 
 /* Drops a finished op's messages now rather than when its slot leaves,
@@ -708,23 +623,26 @@ slot_done (McqOp *op)
     switch (s->cmd)
       {
       case MCQ_CMD_SET:
-        out_append (slot_reply (s), "STORED\r\n", 8);
+        mcq_reply_line (slot_reply (s), MCQ_REPLY_STORED);
         break;
       case MCQ_CMD_GET:
-        format_values (s);
+        s->hits += mcq_reply_values (slot_reply (s), (const char *) op->keys->data, op->keys->len,
+                                     (const McqMessage *) op->messages->data,
+                                     op->messages->len, s->with_cas);
         break;
       case MCQ_CMD_DELETE:
         if (op->status == MCQ_OP_NOT_FOUND)
-          out_append (slot_reply (s), "NOT_FOUND\r\n", 11);
+          mcq_reply_line (slot_reply (s), MCQ_REPLY_NOT_FOUND);
         else
-          out_append (slot_reply (s), "DELETED\r\n", 9);
+          mcq_reply_line (slot_reply (s), MCQ_REPLY_DELETED);
         break;
       case MCQ_CMD_STATS_QUEUE:
-        format_queue_stats (s);
+        mcq_reply_queue_stats (slot_reply (s), (const McqQueueStat *) op->queue_stats->data,
+                               op->queue_stats->len);
         break;
       case MCQ_CMD_DB_CHECKPOINT:
       case MCQ_CMD_DB_ARCHIVE:
-        out_append (slot_reply (s), "OK\r\n", 4);
+        mcq_reply_line (slot_reply (s), MCQ_REPLY_OK);
         break;
       default:
         g_assert_not_reached ();
@@ -826,7 +744,7 @@ static void
 immediate (McqConnection *c, const char *text)
 {
   Slot *s = slot_new (c, MCQ_CMD_VERSION);   /* any command without a deferred reply */
-  out_append (slot_reply (s), text, strlen (text));
+  mcq_reply_text (slot_reply (s), text);
   if (s->reply != NULL)
     slot_hold (s, s->reply->len);
 }
@@ -887,13 +805,13 @@ handle_request (McqConnection *c, const McqRequest *req)
       break;
 
     case MCQ_CMD_VERSION:
-      immediate (c, "VERSION " MCQ_VERSION "\r\n");
+      immediate (c, mcq_reply_line_text (MCQ_REPLY_VERSION));
       break;
 
     case MCQ_CMD_VERBOSITY:
       mcq_log_set_verbosity ((int) MIN (req->verbosity, 2u));
       if (!req->noreply)
-        immediate (c, "OK\r\n");
+        immediate (c, mcq_reply_line_text (MCQ_REPLY_OK));
       break;
 
     case MCQ_CMD_QUIT:
