@@ -22,6 +22,7 @@
 #include "budget.h"
 #include "log.h"
 #include "lost.h"
+#include "poller.h"
 #include "protocol.h"
 #include "reply.h"
 
@@ -115,8 +116,7 @@ struct _Slot {
 };
 
 static void conn_update (McqConnection *c);
-static gboolean poller_watch (McqConnection *c, int op);
-static void poller_forget (McqConnection *c);
+static gboolean conn_watch (McqConnection *c, int op);
 static void report_stats (McqServer *srv, GByteArray *out);
 static GByteArray *slot_reply (Slot *s);
 static void conn_process_input (McqConnection *c);
@@ -258,7 +258,7 @@ conn_close (McqConnection *c)
   c->linger_timer = 0;
   conn_report_lost (c);
   mcq_budget_release (&partial, &c->claim);
-  poller_forget (c);
+  mcq_poller_forget (c->fd);
   close (c->fd);
   c->fd = -1;
   srv->curr_conns--;
@@ -337,7 +337,7 @@ conn_finish (McqConnection *c)
     }
   c->read_closed = TRUE;
   c->want = EPOLLIN;
-  if (!poller_watch (c, EPOLL_CTL_MOD))
+  if (!conn_watch (c, EPOLL_CTL_MOD))
     {
       conn_close (c);
       return;
@@ -834,7 +834,7 @@ partial_granted (McqBudgetClaim *claim)
   McqConnection *w = claim->owner;
 
   w->want |= EPOLLIN;
-  poller_watch (w, EPOLL_CTL_MOD);
+  conn_watch (w, EPOLL_CTL_MOD);
 }
 
 /* A request (or the bytes of a refused one) has been read in full: the
@@ -1075,15 +1075,25 @@ conn_update (McqConnection *c)
   if (want != c->want)
     {
       c->want = want;
-      if (!poller_watch (c, EPOLL_CTL_MOD))
+      if (!conn_watch (c, EPOLL_CTL_MOD))
         conn_close (c);
     }
 }
 
-/* Handles what epoll reported for c. */
-static void
-conn_event (McqConnection *c, guint32 events)
+/* Tells the poller which events c waits for now (c->want); FALSE if the
+ * kernel refuses. */
+static gboolean
+conn_watch (McqConnection *c, int op)
 {
+  return mcq_poller_watch (c->fd, op, c->want, c);
+}
+
+/* Handles what epoll reported for the connection. */
+static void
+conn_event (gpointer target, guint32 events)
+{
+  McqConnection *c = target;
+
   if (events & EPOLLERR)
     {
       conn_close (c);
@@ -1104,102 +1114,6 @@ conn_event (McqConnection *c, guint32 events)
         }
     }
   conn_update (c);
-}
-
-/* ---- the connection poller --------------------------------------------------
- *
- * Every connection's socket sits in one epoll set, and that set's fd is
- * the only one the GLib main loop polls for them: the loop is still
- * GLib's, this source just tells it which connections are ready.  With a
- * GSource (or a unix fd) per connection, each loop iteration cost
- * poll(2) over every open socket plus a prepare/check walk over every
- * source, whether or not it had anything to do, and each change of
- * interest (read/write) woke the whole context up.  With epoll an
- * iteration costs what the ready connections cost, and a change of
- * interest is one epoll_ctl.
- */
-
-#define POLLER_EVENTS 64
-
-typedef struct {
-  GSource source;
-  int epfd;
-} Poller;
-
-static Poller *poller;
-
-static gboolean
-poller_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
-{
-  Poller *p = (Poller *) source;
-  struct epoll_event ev[POLLER_EVENTS];
-  int n = epoll_wait (p->epfd, ev, POLLER_EVENTS, 0);
-
-  /* Handling one connection never frees another, so every pointer in
-   * ev[] stays valid through the loop (a connection closing itself has
-   * left the set and appears at most once). */
-  for (int i = 0; i < n; i++)
-    conn_event (ev[i].data.ptr, ev[i].events);
-  return G_SOURCE_CONTINUE;
-}
-
-static GSourceFuncs poller_funcs = {
-  .dispatch = poller_dispatch,
-};
-
-/* The poller, created on first use; NULL if the kernel refused an epoll
- * instance (the caller refuses the connection, the daemon goes on). */
-static Poller *
-poller_get (void)
-{
-  if (poller == NULL)
-    {
-      int epfd = epoll_create1 (EPOLL_CLOEXEC);
-      GSource *source;
-
-      if (epfd < 0)
-        {
-          g_warning (_("cannot create an epoll instance: %s"), g_strerror (errno));
-          return NULL;
-        }
-      source = g_source_new (&poller_funcs, sizeof (Poller));
-      poller = (Poller *) source;
-      poller->epfd = epfd;
-      g_source_add_unix_fd (source, epfd, G_IO_IN);
-      g_source_set_name (source, "mcq-connections");
-      /* GLib "blocks" a non-recursive source while dispatching it, taking
-       * its fd out of the poll set and putting it back, which wakes the
-       * context twice per dispatch.  The dispatch never runs the loop
-       * itself, so recursion cannot happen: opt out. */
-      g_source_set_can_recurse (source, TRUE);
-      g_source_attach (source, NULL);
-    }
-  return poller;
-}
-
-/* Adds c's socket to the epoll set or changes its events; FALSE (logged)
- * if the kernel refuses, e.g. past fs.epoll.max_user_watches. */
-static gboolean
-poller_watch (McqConnection *c, int op)
-{
-  /* No EPOLLRDHUP: level-triggered, it would fire without end once the
-   * peer half-closes while replies are still owed; a read of 0 bytes
-   * (EPOLLIN) tells the same thing when we are reading. */
-  struct epoll_event ev = { .events = c->want, .data.ptr = c };
-  Poller *p = poller_get ();
-
-  if (p != NULL && epoll_ctl (p->epfd, op, c->fd, &ev) == 0)
-    return TRUE;
-  if (p != NULL)
-    g_warning (_("cannot watch a connection: %s"), g_strerror (errno));
-  return FALSE;
-}
-
-static void
-poller_forget (McqConnection *c)
-{
-  if (poller != NULL)
-    epoll_ctl (poller->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 }
 
 /* Closes connections whose replies have waited unread, or whose request
@@ -1258,8 +1172,9 @@ mcq_connection_new (McqServer *srv, int fd)
     sweep_source = g_timeout_add_seconds (CLAMP (srv->client_timeout_s / 2, 1, SWEEP_INTERVAL_S),
                                           sweep, srv);
   g_queue_init (&c->slots);
+  mcq_poller_init (conn_event);
   c->want = EPOLLIN;
-  if (!poller_watch (c, EPOLL_CTL_ADD))
+  if (!conn_watch (c, EPOLL_CTL_ADD))
     {
       g_free (c);
       mcq_connection_refuse (fd, "SERVER_ERROR cannot watch the connection\r\n");
