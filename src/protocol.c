@@ -16,6 +16,18 @@
 /* Enough tokens for every fixed-form command; GET keys are walked lazily. */
 #define MAX_TOKENS 8
 
+/* A complete request line at the start of buf[0..len): its content is
+ * buf[0..line_len), the next request starts at line_end, and tok[0..ntok)
+ * are its first words (rest: what did not fit). */
+typedef struct {
+  const char *buf;
+  size_t len, line_end, line_len;
+  McqSpan tok[MAX_TOKENS];
+  guint ntok;
+  McqSpan rest;
+  guint64 max_body;
+} Line;
+
 /* The value decides, not the digit count: leading zeros are accepted in
  * any number, as memcached's strtoul accepts them, and only a value past
  * 2^64 - 1 overflows. */
@@ -179,9 +191,11 @@ mcq_request_next_key (const McqRequest *req, size_t *pos, McqSpan *key)
 
 /* "set <key> <flags> <exptime> <bytes> [noreply]" followed by the body. */
 static McqParseResult
-parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
-           const McqSpan *tok, const McqSpan *rest, guint64 max_body, McqRequest *req)
+parse_set (const Line *l, McqCommand cmd, McqRequest *req)
 {
+  const McqSpan *tok = l->tok, *rest = &l->rest;
+  guint ntok = l->ntok;
+  size_t line_end = l->line_end;
   guint64 flags, bytes;
   gint64 exptime;
   const char *problem;
@@ -201,7 +215,7 @@ parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
     problem = ERR_FORMAT;
   else
     problem = mcq_check_key (tok[1].ptr, tok[1].len);
-  if (problem != NULL || bytes > max_body)
+  if (problem != NULL || bytes > l->max_body)
     {
       McqParseResult r = line_error (line_end, problem != NULL ? problem : ERR_TOOLARGE,
                                      tok, ntok, rest);
@@ -209,14 +223,14 @@ parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
       return r;
     }
 
-  if (len - line_end < bytes + 2)
+  if (l->len - line_end < bytes + 2)
     {
       McqParseResult r = result (MCQ_PARSE_NEED_MORE, 0, NULL);
       r.need = line_end + bytes + 2;
       return r;
     }
 
-  const char *body = buf + line_end;
+  const char *body = l->buf + line_end;
   if (body[bytes] != '\r' || body[bytes + 1] != '\n')
     {
       /* Longer than declared (or garbage after it): drop the declared body
@@ -226,7 +240,7 @@ parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
       return r;
     }
 
-  req->cmd = MCQ_CMD_SET;
+  req->cmd = cmd;
   req->key = tok[1];
   req->flags = (guint32) flags;
   req->bytes = bytes;
@@ -236,19 +250,20 @@ parse_set (const char *buf, size_t len, size_t line_end, guint ntok,
   return result (MCQ_PARSE_REQUEST, line_end + bytes + 2, NULL);
 }
 
+/* "get <key>*" and "gets <key>*": every key, however many. */
 static McqParseResult
-parse_get (size_t line_end, const McqSpan *tok, guint ntok, const char *line,
-           size_t line_len, McqRequest *req)
+parse_get (const Line *l, McqCommand cmd, McqRequest *req)
 {
+  size_t line_end = l->line_end;
   McqSpan keys, k;
   size_t pos = 0;
   guint n = 0;
 
-  if (ntok < 2)
+  if (l->ntok < 2)
     return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
 
-  keys.ptr = tok[1].ptr;
-  keys.len = line_len - (size_t) (tok[1].ptr - line);
+  keys.ptr = l->tok[1].ptr;
+  keys.len = l->line_len - (size_t) (l->tok[1].ptr - l->buf);
   req->key = keys;
   while (mcq_request_next_key (req, &pos, &k))
     {
@@ -257,20 +272,25 @@ parse_get (size_t line_end, const McqSpan *tok, guint ntok, const char *line,
         return result (MCQ_PARSE_ERROR, line_end, err);
       n++;
     }
-  req->cmd = MCQ_CMD_GET;
+  req->cmd = cmd;
   req->nkeys = n;
-  req->with_cas = tok[0].len == 4;
+  req->with_cas = l->tok[0].len == 4;
   return result (MCQ_PARSE_REQUEST, line_end, NULL);
 }
 
-/* Storage verbs a cache has and a queue does not.  They are answered ERROR
- * like any unknown command, but their body is swallowed so that the
- * connection stays in step with the client. */
-static gboolean
-is_foreign_storage_verb (McqSpan verb)
+/* Storage verbs a cache has and a queue does not ("add", "cas", ...).
+ * They are answered ERROR like any unknown command, but their body is
+ * swallowed so that the connection stays in step with the client. */
+static McqParseResult
+parse_foreign (const Line *l, McqCommand cmd, McqRequest *req)
 {
-  return span_is (verb, "add") || span_is (verb, "replace") || span_is (verb, "append") ||
-         span_is (verb, "prepend") || span_is (verb, "cas");
+  McqParseResult r = result (MCQ_PARSE_ERROR, l->line_end, ERR_UNKNOWN);
+  guint64 bytes;
+
+  if (l->rest.len == 0 && l->ntok >= 5 &&
+      mcq_parse_u64 (l->tok[4].ptr, l->tok[4].len, &bytes) && bytes <= MCQ_DECLARED_BODY_MAX)
+    r.discard = bytes + 2;
+  return r;
 }
 
 /* Finds the request line at the start of buf[0..len).  MCQ_PARSE_REQUEST:
@@ -300,11 +320,15 @@ find_line (const char *buf, size_t len, size_t *line_end, size_t *line_len)
 
 /* "delete <key> [0] [noreply]"; the time, when given, must be 0. */
 static McqParseResult
-parse_delete (size_t line_end, const McqSpan *tok, guint ntok, const McqSpan *rest,
-              McqRequest *req)
+parse_delete (const Line *l, McqCommand cmd, McqRequest *req)
 {
+  const McqSpan *tok = l->tok, *rest = &l->rest;
+  guint ntok = l->ntok;
+  size_t line_end = l->line_end;
   gboolean noreply = FALSE;
 
+  if (rest->len > 0)
+    return result (MCQ_PARSE_ERROR, line_end, ERR_FORMAT);
   if (ntok < 2)
     return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
   for (guint i = 2; i < ntok; i++)
@@ -317,7 +341,7 @@ parse_delete (size_t line_end, const McqSpan *tok, guint ntok, const McqSpan *re
   const char *err = mcq_check_key (tok[1].ptr, tok[1].len);
   if (err != NULL)
     return line_error (line_end, err, tok, ntok, rest);
-  req->cmd = MCQ_CMD_DELETE;
+  req->cmd = cmd;
   req->key = tok[1];
   req->noreply = noreply;
   return result (MCQ_PARSE_REQUEST, line_end, NULL);
@@ -325,96 +349,94 @@ parse_delete (size_t line_end, const McqSpan *tok, guint ntok, const McqSpan *re
 
 /* "verbosity <level> [noreply]" */
 static McqParseResult
-parse_verbosity (size_t line_end, const McqSpan *tok, guint ntok, const McqSpan *rest,
-                 McqRequest *req)
+parse_verbosity (const Line *l, McqCommand cmd, McqRequest *req)
 {
+  const McqSpan *tok = l->tok, *rest = &l->rest;
+  guint ntok = l->ntok;
+  size_t line_end = l->line_end;
   guint64 level;
 
-  if (ntok < 2)
+  if (rest->len > 0 || ntok < 2)
     return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
   if (ntok > 3 || (ntok == 3 && !span_is (tok[2], "noreply")) ||
       !mcq_parse_u64 (tok[1].ptr, tok[1].len, &level) || level > G_MAXUINT32)
     return line_error (line_end, ERR_FORMAT, tok, ntok, rest);
-  req->cmd = MCQ_CMD_VERBOSITY;
+  req->cmd = cmd;
   req->verbosity = (guint32) level;
   req->noreply = ntok == 3;
   return result (MCQ_PARSE_REQUEST, line_end, NULL);
 }
 
+/* "stats", "stats queue", "stats reset". */
+static McqParseResult
+parse_stats (const Line *l, McqCommand cmd, McqRequest *req)
+{
+  if (l->rest.len > 0)
+    return result (MCQ_PARSE_ERROR, l->line_end, ERR_UNKNOWN);
+  if (l->ntok == 1)
+    req->cmd = cmd;
+  else if (l->ntok == 2 && span_is (l->tok[1], "queue"))
+    req->cmd = MCQ_CMD_STATS_QUEUE;
+  else if (l->ntok == 2 && span_is (l->tok[1], "reset"))
+    req->cmd = MCQ_CMD_STATS_RESET;
+  else
+    return result (MCQ_PARSE_ERROR, l->line_end, ERR_UNKNOWN);
+  return result (MCQ_PARSE_REQUEST, l->line_end, NULL);
+}
+
+/* A command of one word and nothing else: "version", "quit", ... */
+static McqParseResult
+parse_bare (const Line *l, McqCommand cmd, McqRequest *req)
+{
+  if (l->ntok != 1 || l->rest.len > 0)
+    return result (MCQ_PARSE_ERROR, l->line_end, ERR_UNKNOWN);
+  req->cmd = cmd;
+  return result (MCQ_PARSE_REQUEST, l->line_end, NULL);
+}
+
+typedef McqParseResult (*ParseFunc) (const Line *l, McqCommand cmd, McqRequest *req);
+
+/* The command words, the most frequent first; cmd is what parse is
+ * given (unused by parse_foreign). */
+static const struct {
+  const char *word;
+  ParseFunc parse;
+  McqCommand cmd;
+} commands[] = {
+  { "get", parse_get, MCQ_CMD_GET },
+  { "set", parse_set, MCQ_CMD_SET },
+  { "gets", parse_get, MCQ_CMD_GET },
+  { "delete", parse_delete, MCQ_CMD_DELETE },
+  { "stats", parse_stats, MCQ_CMD_STATS },
+  { "verbosity", parse_verbosity, MCQ_CMD_VERBOSITY },
+  { "version", parse_bare, MCQ_CMD_VERSION },
+  { "quit", parse_bare, MCQ_CMD_QUIT },
+  { "db_checkpoint", parse_bare, MCQ_CMD_DB_CHECKPOINT },
+  { "db_archive", parse_bare, MCQ_CMD_DB_ARCHIVE },
+  { "add", parse_foreign, MCQ_CMD_SET },
+  { "replace", parse_foreign, MCQ_CMD_SET },
+  { "append", parse_foreign, MCQ_CMD_SET },
+  { "prepend", parse_foreign, MCQ_CMD_SET },
+  { "cas", parse_foreign, MCQ_CMD_SET },
+};
+
 McqParseResult
 mcq_parse_request (const char *buf, size_t len, guint64 max_body, McqRequest *req)
 {
-  McqSpan tok[MAX_TOKENS], rest;
-  size_t line_len = 0, line_end = 0;
+  Line l = { .buf = buf, .len = len, .max_body = max_body };
   McqParseStatus found;
-  guint ntok;
 
   memset (req, 0, sizeof *req);
 
-  found = find_line (buf, len, &line_end, &line_len);
+  found = find_line (buf, len, &l.line_end, &l.line_len);
   if (found == MCQ_PARSE_FATAL)
     return result (MCQ_PARSE_FATAL, len, ERR_LINE);
   if (found == MCQ_PARSE_NEED_MORE)
     return result (MCQ_PARSE_NEED_MORE, 0, NULL);
 
-  ntok = tokenize (buf, line_len, tok, MAX_TOKENS, &rest);
-  if (ntok == 0)
-    return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
-
-  if (span_is (tok[0], "get") || span_is (tok[0], "gets"))
-    return parse_get (line_end, tok, ntok, buf, line_len, req);
-
-  if (span_is (tok[0], "set"))
-    return parse_set (buf, len, line_end, ntok, tok, &rest, max_body, req);
-
-  if (rest.len > 0)
-    return result (MCQ_PARSE_ERROR, line_end, ntok > 0 && span_is (tok[0], "delete") ? ERR_FORMAT : ERR_UNKNOWN);
-
-  if (span_is (tok[0], "delete"))
-    return parse_delete (line_end, tok, ntok, &rest, req);
-
-  if (span_is (tok[0], "stats"))
-    {
-      if (ntok == 1)
-        req->cmd = MCQ_CMD_STATS;
-      else if (ntok == 2 && span_is (tok[1], "queue"))
-        req->cmd = MCQ_CMD_STATS_QUEUE;
-      else if (ntok == 2 && span_is (tok[1], "reset"))
-        req->cmd = MCQ_CMD_STATS_RESET;
-      else
-        return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
-      return result (MCQ_PARSE_REQUEST, line_end, NULL);
-    }
-
-  if (span_is (tok[0], "verbosity"))
-    return parse_verbosity (line_end, tok, ntok, &rest, req);
-
-  if (ntok == 1)
-    {
-      static const struct { const char *word; McqCommand cmd; } simple[] = {
-        { "version", MCQ_CMD_VERSION },
-        { "quit", MCQ_CMD_QUIT },
-        { "db_checkpoint", MCQ_CMD_DB_CHECKPOINT },
-        { "db_archive", MCQ_CMD_DB_ARCHIVE },
-      };
-      for (guint i = 0; i < G_N_ELEMENTS (simple); i++)
-        if (span_is (tok[0], simple[i].word))
-          {
-            req->cmd = simple[i].cmd;
-            return result (MCQ_PARSE_REQUEST, line_end, NULL);
-          }
-    }
-
-  if (is_foreign_storage_verb (tok[0]) && ntok >= 5)
-    {
-      guint64 bytes;
-      if (mcq_parse_u64 (tok[4].ptr, tok[4].len, &bytes) && bytes <= MCQ_DECLARED_BODY_MAX)
-        {
-          McqParseResult r = result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
-          r.discard = bytes + 2;
-          return r;
-        }
-    }
-
-  return result (MCQ_PARSE_ERROR, line_end, ERR_UNKNOWN);
+  l.ntok = tokenize (buf, l.line_len, l.tok, MAX_TOKENS, &l.rest);
+  for (guint i = 0; l.ntok > 0 && i < G_N_ELEMENTS (commands); i++)
+    if (span_is (l.tok[0], commands[i].word))
+      return commands[i].parse (&l, commands[i].cmd, req);
+  return result (MCQ_PARSE_ERROR, l.line_end, ERR_UNKNOWN);
 }
