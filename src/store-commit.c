@@ -7,28 +7,28 @@
 #include <errno.h>
 #include <sched.h>
 
+/*
+ * Durability.  Commits inside a batch are DB_TXN_NOSYNC (they stay in the
+ * log buffer); the batch's last commit is DB_TXN_WRITE_NOSYNC, so one
+ * write() hands the whole batch to the kernel before any reply leaves: from
+ * then on a kill -9 of the daemon loses nothing, in either mode.  In
+ * durable mode the batch then goes to the sync thread, where one log_flush
+ * fsyncs it and every other batch waiting before their STOREDs are released
+ * (group commit), while the main thread runs the next batch.
+ *
+ * Replies to gets are released after the write, before the fsync: a
+ * dequeue lost to a power cut only makes a message come back (at least
+ * once), and holding the reply would widen the window in which a crash
+ * takes a message whose reply never left.
+ */
+
 static void run_batch (McqStore *s, McqOp **batch, guint n);
 
 /* The ops submitted so far run on the main thread itself, in batches of
  * up to BATCH_MAX: as soon as that many are read, and once per loop
  * iteration (from the flusher source's prepare) for the rest.  Only the
- * fsync of durable mode happens elsewhere (sync_thread), so nothing here
- * waits for a disk, and one busy thread plus one mostly asleep is what
- * the scheduler handles best.
- *
- * Measured, 50 connections, set+get.  Before, a store thread ran the
- * transactions: requests were handed to it in chunks of 8 and batches
- * capped at 16 so that both threads worked at once.  That made 0.3
- * context switches per op under -N, mostly the main thread preempted by
- * the clients its replies woke, which the scheduler had pulled onto its
- * CPU while the store thread held the other (214k involuntary switches in
- * 5 s; 2k with the bench under SCHED_BATCH; redis-server, one busy
- * thread, 23k).  -N: threaded 144-153k ops/s at 6.9-7.1 us of CPU per op;
- * inline in batches of 16 157k at 6.06, of 64 165-169k at 5.66-5.74 (32:
- * 5.76, 128: 5.86, 256: 5.98).  Durable: 96-101k either way (CPU per op
- * 10.2 threaded, 9.9 inline), and with one connection 6.8-7.0k ops/s at
- * p99 502-569 us threaded against 8.5-8.6k at p99 362-465 us inline (one
- * hand-over fewer on each set's way to the fsync). */
+ * fsync happens elsewhere (sync_thread), so nothing here waits for a disk
+ * (figures: doc/performance.md). */
 void
 pipeline_hand_over (McqStore *s)
 {
@@ -103,10 +103,8 @@ complete_batch (Completion *c)
 }
 
 /* Finished batches reach the main context through one long-lived source:
- * the store and sync threads push them on a lock-free stack and wake the
- * context only when the stack was empty, since the main thread takes the
- * whole stack at once.  (g_main_context_invoke cost a source allocation,
- * an attach under the context lock and a wake-up for every batch.) */
+ * any thread pushes them on a lock-free stack and wakes the context only
+ * when the stack was empty, since the main thread takes it whole. */
 static void
 deliver (McqStore *s, Completion *c, gboolean wake)
 {
@@ -212,203 +210,142 @@ op_in_segment (const McqOp *op)
   return (op->type == MCQ_OP_SET || op->type == MCQ_OP_GET) && op->status != MCQ_OP_FAILED;
 }
 
-/* Runs one batch (at most BATCH_MAX ops) and passes its ops on: to the
- * main context once their commits are written, or to the sync thread. */
-static void
-run_batch (McqStore *s, McqOp **batch, guint n)
+/* Before a batch runs: waits for a checkpoint if writers outran it, and,
+ * short of space, plans the batch carefully (room_plan) and compacts.
+ * Returns the position after the batch's last op that commits (0: none). */
+static guint
+batch_prepare (McqStore *s, McqOp **batch, guint n)
 {
-  McqOp *op, *early = NULL, *late = NULL, **early_tail = &early, **late_tail = &late;
-  gboolean unwritten = FALSE, need_sync = FALSE;
-  guint last_commit = 0, i;
+  guint last_commit = 0;
 
-  for (i = 0; i < n; i++)
-    {
-      if (op_commits (batch[i]))
-        last_commit = i + 1;
-      need_sync |= !s->cfg.no_sync && op_commits (batch[i]) && batch[i]->type != MCQ_OP_GET;
-    }
-
+  for (guint i = 0; i < n; i++)
+    if (op_commits (batch[i]))
+      last_commit = i + 1;
   if (last_commit > 0)
     maint_wait_for_checkpoint (s);
-
-  /* Short of space, a batch that writes runs carefully, starting with a
-   * checkpoint and log removal: that is what turns consumed messages
-   * back into free space, and it keeps the gets that drain a full disk
-   * from filling it with their own log records. */
   s->room.careful = FALSE;
   if (last_commit > 0)
     room_plan (s, batch, n);
   if (g_atomic_int_get (&s->room.pressure))
     room_compact_if_mostly_free (s);
+  return last_commit;
+}
 
-  /* Runs of sets and gets become segments (one transaction each); the
-   * last commit of the batch writes the log to the kernel, so every
-   * reply below is released only after its commit has left the
-   * process. */
-  for (i = 0; i < n;)
+/* Runs batch[i..] up to the next op that is not a set or a get as one
+ * segment (one op only when short of space, so the log can be settled
+ * between them); the batch's last commit writes the log to the kernel.
+ * Returns the index after the segment; *unwritten: whether commits may
+ * still sit in the log buffer. */
+static guint
+batch_run_segment (McqStore *s, McqOp **batch, guint i, guint n, guint last_commit,
+                   gboolean *unwritten)
+{
+  guint j = i;
+  u_int32_t flags;
+
+  while (j < n && op_in_segment (batch[j]) && (j == i || !room_tight (s)))
+    j++;
+  flags = j == last_commit ? DB_TXN_WRITE_NOSYNC : DB_TXN_NOSYNC;
+  if (!txn_run_segment (s, batch + i, j - i, flags))
+    *unwritten = TRUE;
+  else
+    *unwritten = flags != DB_TXN_WRITE_NOSYNC;
+  return j;
+}
+
+/* Runs every op of the batch; returns whether commits may still sit in
+ * the log buffer (the last one failed, or none wrote it). */
+static gboolean
+batch_run (McqStore *s, McqOp **batch, guint n, guint last_commit)
+{
+  gboolean unwritten = FALSE;
+
+  for (guint i = 0; i < n;)
     {
       if (s->room.careful && op_in_segment (batch[i]))
         room_admit (s, batch[i]);
       if (op_in_segment (batch[i]))
-        {
-          guint j = i;
-          /* Short of space, one op per transaction, so that the log
-           * can be settled between them. */
-          while (j < n && op_in_segment (batch[j]) && (j == i || !room_tight (s)))
-            j++;
-          u_int32_t flags = j == last_commit ? DB_TXN_WRITE_NOSYNC : DB_TXN_NOSYNC;
-          if (!txn_run_segment (s, batch + i, j - i, flags))
-            unwritten = TRUE;
-          else
-            unwritten = flags != DB_TXN_WRITE_NOSYNC;
-          i = j;
-          maint_settle_if_pressed (s);
-        }
+        i = batch_run_segment (s, batch, i, n, last_commit, &unwritten);
       else
         {
           if (batch[i]->status != MCQ_OP_FAILED)   /* else refused above */
             txn_run_op (s, batch[i]);
-          /* A delete that committed wrote the whole log buffer; one
-           * of a queue that does not exist committed nothing, so
-           * what earlier segments left unwritten stays so. */
+          /* A delete that committed wrote the whole log buffer; one of a
+           * queue that does not exist committed nothing. */
           if (op_commits (batch[i]) && batch[i]->status == MCQ_OP_OK)
             unwritten = FALSE;
           else if (op_commits (batch[i]) && batch[i]->status == MCQ_OP_FAILED)
             unwritten = TRUE;
           i++;
-          maint_settle_if_pressed (s);
         }
+      maint_settle_if_pressed (s);
     }
+  return unwritten;
+}
 
-  for (i = 0; i < n; i++)
+/* Chains the batch's ops into those released once written (*early) and
+ * those released once synced (*late). */
+static void
+batch_sort (McqStore *s, McqOp **batch, guint n, McqOp **early, McqOp **late)
+{
+  McqOp **early_tail = early, **late_tail = late;
+
+  *early = *late = NULL;
+  for (guint i = 0; i < n; i++)
     {
-      op = batch[i];
+      McqOp *op = batch[i];
+      McqOp ***tail = op_released_early (s, op) ? &early_tail : &late_tail;
+
       op->next = NULL;
-      if (op_released_early (s, op))
-        {
-          *early_tail = op;
-          early_tail = &op->next;
-        }
-      else
-        {
-          *late_tail = op;
-          late_tail = &op->next;
-        }
+      **tail = op;
+      *tail = &op->next;
     }
+}
 
-  /* Normally the batch's last commit has written everything and the
-   * gets can be answered now, before the sync.  If that commit failed,
-   * earlier ones may still sit in the log buffer: flush first. */
-  gboolean changed = store_publish (s);
+/* Writes what the failed last commit left in the log buffer.  On failure
+ * the commits still stand (the next flush writes them), so gets keep
+ * their messages (at worst one comes back: at least once); sets and
+ * deletes fail, since their reply would claim a write not made. */
+static void
+batch_flush (McqStore *s, McqOp *early, McqOp *late)
+{
+  int ret = s->env->log_flush (s->env, NULL);
+
+  if (ret == 0)
+    return;
+  g_warning ("flushing the log: %s", db_strerror (ret));
+  fail_all (late, FALSE, ret, "flushing the log");
+  fail_all (early, TRUE, ret, "writing the log");
+}
+
+/* Runs one batch (at most BATCH_MAX ops) and passes its ops on: to the
+ * main context once their commits are written, or to the sync thread,
+ * which releases them once synced while this thread runs the next batch. */
+static void
+run_batch (McqStore *s, McqOp **batch, guint n)
+{
+  McqOp *early, *late;
+  gboolean need_sync = FALSE, unwritten, changed;
+  guint last_commit = batch_prepare (s, batch, n);
+
+  for (guint i = 0; i < n; i++)
+    need_sync |= !s->cfg.no_sync && op_commits (batch[i]) && batch[i]->type != MCQ_OP_GET;
+  unwritten = batch_run (s, batch, n, last_commit);
+  batch_sort (s, batch, n, &early, &late);
+  changed = store_publish (s);
   if (unwritten)
-    {
-      int ret = s->env->log_flush (s->env, NULL);
-      if (ret != 0)
-        {
-          /* The commits stand (they are in the log buffer; the next flush
-           * that succeeds writes them), so the gets keep their messages:
-           * answering them with an error would lose the messages they
-           * took, while answering them risks only a message coming back
-           * if the daemon dies before the log is written (at least once).
-           * Sets and deletes get the error, since their reply would claim
-           * a write that did not happen; a set retried by its client may
-           * then be stored twice. */
-          g_warning ("flushing the log: %s", db_strerror (ret));
-          fail_all (late, FALSE, ret, "flushing the log");
-          fail_all (early, TRUE, ret, "writing the log");
-        }
-    }
+    batch_flush (s, early, late);
   pipeline_post (s, early, FALSE, FALSE);
-  /* The sync thread fsyncs and releases these while this thread
-   * already runs the next batch. */
   if (need_sync && !unwritten)
     g_async_queue_push (s->pipeline.sync_inbox, completion_new (s, late, changed));
   else
     pipeline_post (s, late, changed, FALSE);
 }
 
-/* Group commit, pipelined: every batch that needs durability is queued
- * here once written; one log_flush (fsync) covers all the batches waiting,
- * and only then are their replies released.  Meanwhile the main thread
- * goes on running transactions, so the disk's sync latency is not
- * serialised with the work of the next batch.
- *
- * Measured and left out: a plain fdatasync of the current log file here
- * instead of log_flush (so this thread takes no Berkeley DB mutex) gave
- * +3-5% ops/s, within noise, but Berkeley DB, not knowing the log was
- * synced, then fsynced it itself 2-3 times as often on the main thread;
- * raising this thread's priority (nice -10) changed nothing.
- *
- * Where the time of a durable set goes (50 connections, set+get, 124k
- * ops/s, timestamps per op and batch): 39 us from its submission to the
- * hand-over, 105 us until this thread starts its flush (mostly the flush
- * before still running), 245 us in log_flush, 56 us until the main thread
- * runs its completion; the client saw 590 us for a set and 212 us for a
- * get.  (At 110k, in an earlier build: 72, 171 and 49 us from the
- * hand-over on.)  At 50 connections durable mode is bound by that
- * latency, not by CPU: with 100 connections it made 138k ops/s.  Also measured and
- * left out: waking this thread for every set read while it is idle
- * (more, smaller fsyncs: 21.5k instead of 18.5k in 5 s, no more ops/s);
- * releasing finished batches between two connections' reads instead of
- * once per loop iteration (+1.7%, noise); spinning here for up to 150 us
- * before sleeping on the queue (113k -> 91-101k: the other CPU runs the
- * clients); holding batches back while a flush runs, to make them bigger
- * (8.6 -> 8.1 us CPU per op, but gets wait too: 113k -> 91-96k);
- * checkpointing every 64 MiB of log instead of CHECKPOINT_LOG_KB, so that
- * fewer database fsyncs share the disk with these (3 alternating runs:
- * 129.1k, 124.8k, 129.7k against 129.4k, 123.8k, 127.8k: nothing).
- * Starting writeback at the batch's write (sync_file_range) takes ~55 us
- * off a 9 KB write's time to durable when the fsync comes 70 us later
- * (standalone test: 216 -> 160 us).  In the daemon, 2 alternating runs
- * each: called by the main thread after each hand-over, fdatasync fell
- * from 234-248 to 182-195 us, but CPU per op rose 7.2-7.7 -> 8.1-8.5 us and
- * gets waited longer (208-214 -> 243-275 us): 122-127k -> 110-118k ops/s;
- * called by a thread of its own, woken per hand-over: 106-111k against
- * 121-125k (fdatasync no faster, the clients short of CPU).  Left out.
- * Waiting a fixed time after a batch arrives before flushing, so that
- * more sets share the fsync: 50 us 122k, 100 us 106k, 150 us 101k, 200
- * us 93k against 121k without.
- * Two sync threads, the second fdatasyncing the newest log file itself
- * so that a batch need not wait for the flush before it: 114.7k ops/s
- * against 115.5k with one (5 alternating runs; two standalone writers
- * here get 1.4x the syncs, each 40% slower).  Making each log file
- * ahead, zero-filled and synced by a thread of its own, instead of
- * DB_LOG_ZERO filling it on the main thread under the log lock (~0.5 ms
- * per 2 MiB file, ~20 files a second): p99 1.87 -> 1.50 ms but 0.975x
- * the ops/s (8 paired runs, 3 won).  Both left out.
- * This thread sending each set's STORED itself once the flush covers it
- * (the main thread offering the socket when nothing else was owed on it),
- * instead of handing it back: 120.2k against 132.9k ops/s (4 alternating
- * runs each), since the sends (~3 us each, ~18 per flush) delay the next
- * flush.  Log writes opened O_DSYNC (DB_LOG_DSYNC, with or without
- * DB_LOG_DIRECT; every write left to this thread's flush, since a
- * synchronous write on the main thread would stall it): 77-79k against
- * 121-127k, since Berkeley DB holds the log's mutex through the write and
- * the main thread's commits wait on it.  (Standalone, a 4 KiB O_DIRECT|
- * O_DSYNC write is 101-115 us against 125-136 us for write+fdatasync.)
- * Both left out.
- * Pinning the main thread (alone) to one of the 2 CPUs gave +8-10%, but
- * only on the CPU that does not take the disk's interrupts (on the other:
- * nothing); the whole daemon on one CPU fell to 86-90k.  Keeping the main
- * thread off the interrupt CPU cost one connection a third of its
- * throughput, so it is this thread that goes to the interrupt CPU instead
- * (see placement.c).  This thread runs under SCHED_BATCH (see
- * sync_thread_init). */
-
-/* The sync thread wakes up three times per flush (a batch to sync, the
- * write-back done, the cache flush done), and the scheduler, placing it
- * next to the thread that woke it, preempted the main thread for it 5,200
- * times per second at 114k ops/s (durable set+get, 50 connections), each
- * time switching the main thread out and back in.  Under SCHED_BATCH a wake-up
- * does not preempt: it runs when the main thread yields or on the other
- * CPU.  4 alternating 4 s runs each: 107.9k -> 117.6k ops/s, 9.05 -> 8.13
- * us CPU per op; one connection 9.1-9.4k -> 11.6k ops/s, p99 289-371 ->
- * 230 us.  (SCHED_IDLE: 100-107k.  SCHED_FIFO, which wakes it at once:
- * 84-108k against 113-122k, the main thread pinned to the other CPU or
- * not.)  Any thread may choose it, no privilege needed; if refused, the
- * thread runs as before.  In durable mode the thread also binds itself to
- * the CPUs that take the disk's interrupts, where each fsync completes
- * (see placement.c). */
+/* The sync thread runs under SCHED_BATCH, so that its wake-ups (three per
+ * flush) never preempt the main thread, and in durable mode on the CPUs
+ * that take the disk's interrupts (see placement.c).  Either refused, it
+ * runs as before (figures: doc/performance.md). */
 static void
 sync_thread_init (McqStore *s)
 {
@@ -421,6 +358,9 @@ sync_thread_init (McqStore *s)
 #endif
 }
 
+/* Group commit: one log_flush (fsync) covers every batch waiting, and only
+ * then are their replies released, by the main context; a failed flush
+ * fails the batches' ops. */
 static gpointer
 sync_thread (gpointer data)
 {

@@ -40,9 +40,8 @@ log_debt_due (McqStore *s)
 }
 
 /* Counts log written since the last checkpoint.  Crossing the checkpoint
- * threshold wakes the maintenance thread at once instead of at its next
- * one-second tick: a -N fill writes over 100 MiB of log a second, and a
- * restart after a crash replays all of it. */
+ * threshold wakes the maintenance thread at once, not at its next tick:
+ * a restart after a crash replays all the log since the last checkpoint. */
 void
 maint_add_log_debt (McqStore *s, guint64 bytes)
 {
@@ -175,87 +174,101 @@ maint_archive (McqStore *s, GError **error)
   return TRUE;
 }
 
+static gint64
+next_time (gint64 now, guint interval_s)
+{
+  return interval_s != 0 ? now + (gint64) interval_s * G_USEC_PER_SEC : G_MAXINT64;
+}
+
+/* Runs the checkpoint ops clients asked for and posts their replies. */
+static void
+run_asked (McqStore *s, McqOp *asked)
+{
+  for (McqOp *op = asked; op != NULL; op = op->chain)
+    {
+      op->next = op->chain;
+      txn_run_op (s, op);
+    }
+  pipeline_post (s, asked, FALSE, TRUE);
+}
+
+static void
+trickle (McqStore *s)
+{
+  int wrote = 0;
+
+  s->env->memp_trickle (s->env, (int) s->cfg.trickle_percent, &wrote);
+  if (wrote > 0)
+    g_debug ("trickle wrote %d pages", wrote);
+}
+
+/* Checkpoints when the -C timer says so, whenever CHECKPOINT_LOG_KB of log
+ * has accumulated (bounding what recovery replays however fast messages
+ * arrive), and at once while sets are refused for space (the checkpoint
+ * lets old log files go).  Returns whether another is due already. */
+static gboolean
+checkpoint_if_due (McqStore *s, gint64 now, gint64 *next_ckp)
+{
+  g_autoptr(GError) err = NULL;
+  guint64 debt = __atomic_load_n (&s->ckp.log_debt, __ATOMIC_RELAXED);
+  gboolean again = FALSE;
+
+  if (now < *next_ckp && !log_debt_due (s) &&
+      !(g_atomic_int_get (&s->room.pressure) && debt > 0))
+    return FALSE;
+  if (!maint_settle (s, FALSE, &err))
+    g_warning ("%s", err->message);
+  else
+    {
+      g_debug ("checkpoint done");
+      /* The log may have passed the threshold again meanwhile (that
+       * wake-up found nobody waiting).  Not after a failure: it would spin. */
+      again = log_debt_due (s);
+    }
+  if (now >= *next_ckp)
+    *next_ckp = next_time (now, s->cfg.checkpoint_interval_s);
+  return again;
+}
+
 /* Checkpoints and trickle writes run here, never on the main thread, so a
- * long flush of the cache does not hold replies back. */
+ * long flush of the cache does not hold replies back.  On stop, the ops
+ * given to it run first. */
 static gpointer
 maint_thread (gpointer data)
 {
   McqStore *s = data;
   gint64 now = g_get_monotonic_time ();
-  gint64 next_ckp = s->cfg.checkpoint_interval_s ? now + s->cfg.checkpoint_interval_s * G_USEC_PER_SEC : G_MAXINT64;
-  gint64 next_trickle = s->cfg.trickle_interval_s ? now + s->cfg.trickle_interval_s * G_USEC_PER_SEC : G_MAXINT64;
+  gint64 next_ckp = next_time (now, s->cfg.checkpoint_interval_s);
+  gint64 next_trickle = next_time (now, s->cfg.trickle_interval_s);
+  gboolean again = FALSE, stop = FALSE;
 
-  gboolean again = FALSE;
-
-  g_mutex_lock (&s->maint.lock);
-  while (!s->maint.stop)
+  while (!stop)
     {
       gint64 deadline = MIN (MIN (next_ckp, next_trickle), now + G_USEC_PER_SEC);
       McqOp *asked;
-      gboolean stop;
 
+      g_mutex_lock (&s->maint.lock);
       if (!again && !s->maint.ckp_wanted && s->maint.ops == NULL && !s->maint.stop)
         g_cond_wait_until (&s->maint.cond, &s->maint.lock, deadline);
-      again = FALSE;
       s->maint.ckp_wanted = FALSE;
       asked = s->maint.ops;
       s->maint.ops = NULL;
       s->maint.ops_tail = &s->maint.ops;
       stop = s->maint.stop;
-      if (stop && asked == NULL)
-        break;
-      now = g_get_monotonic_time ();
       g_mutex_unlock (&s->maint.lock);
+      again = FALSE;
+      now = g_get_monotonic_time ();
       if (asked != NULL)
-        {
-          for (McqOp *op = asked; op != NULL; op = op->chain)
-            {
-              op->next = op->chain;
-              txn_run_op (s, op);
-            }
-          pipeline_post (s, asked, FALSE, TRUE);
-        }
+        run_asked (s, asked);
       if (stop)
-        {
-          g_mutex_lock (&s->maint.lock);
-          break;
-        }
+        break;
       if (now >= next_trickle)
         {
-          int wrote = 0;
-          s->env->memp_trickle (s->env, (int) s->cfg.trickle_percent, &wrote);
-          if (wrote > 0)
-            g_debug ("trickle wrote %d pages", wrote);
-          next_trickle = now + s->cfg.trickle_interval_s * G_USEC_PER_SEC;
+          trickle (s);
+          next_trickle = next_time (now, s->cfg.trickle_interval_s);
         }
-      /* Besides the -C timer, checkpoint whenever CHECKPOINT_LOG_KB of
-       * log has accumulated (recovery after a crash replays the log written
-       * since the last checkpoint, so this bounds the restart time however
-       * fast messages arrive), and at once while sets are refused for
-       * space: the checkpoint lets old log files be removed. */
-      guint64 debt = __atomic_load_n (&s->ckp.log_debt, __ATOMIC_RELAXED);
-      gboolean due = now >= next_ckp || log_debt_due (s) ||
-                     (g_atomic_int_get (&s->room.pressure) && debt > 0);
-      if (due)
-        {
-          g_autoptr(GError) err = NULL;
-          if (!maint_settle (s, FALSE, &err))
-            g_warning ("%s", err->message);
-          else
-            {
-              g_debug ("checkpoint done");
-              /* The log may have grown past the threshold again while
-               * this ran (that wake-up found nobody waiting): go on at
-               * once.  Not after a failure, which would spin. */
-              again = log_debt_due (s);
-            }
-          if (now >= next_ckp)
-            next_ckp = s->cfg.checkpoint_interval_s ? now + s->cfg.checkpoint_interval_s * G_USEC_PER_SEC
-                                                    : G_MAXINT64;
-        }
-      g_mutex_lock (&s->maint.lock);
+      again = checkpoint_if_due (s, now, &next_ckp);
     }
-  g_mutex_unlock (&s->maint.lock);
   return NULL;
 }
 

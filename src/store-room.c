@@ -5,30 +5,15 @@
 
 #include <glib/gstdio.h>
 
-/* Free pages kept at the low end of messages.db's free list.
- *
- * Berkeley DB gives a freed page back to the file system when it is the
- * file's last page, and then flushes and fsyncs the log on the spot so
- * that the truncation cannot outrun its log record: in the caller's
- * thread, i.e. the main loop.  A queue that stays short keeps emptying
- * and refilling a few leaves; with no free page left, each new leaf
- * extends the file, becomes its last page, and is truncated again once
- * consumed: 120-160 synchronous fsyncs per second on the main thread in
- * durable set+get with 50 connections (each one stalls every client for
- * 0.2-2 ms).  So every start takes PAGE_RESERVE_BYTES of pages (one
- * overflow page per filler record, under the unused queue id 0) and frees
- * them again, highest first: the free list is a stack, so its top is then
- * the lowest of them and a short queue's churn reuses those, far from the
- * end of the file.  The last filler is kept for good, as an anchor: on a
- * new file its page is the last one, and without it each filler freed
- * would be the last page in turn and be truncated away (with 8 KiB pages,
- * where no leaf split lands among them, the whole reserve went so, and
- * the churn's fsyncs stayed).
- * A short queue of messages over about 4 KiB churns more pages than that
- * (10 KB messages, 50 connections: 510 main-thread fsyncs in 2 s, some
- * of them log switches; 618 without the reserve).
- * DB_REVSPLITOFF avoided the fsyncs too but never gave emptied pages back
- * (see open_db).  A failure here costs only speed: logged, not fatal. */
+/* Free pages kept at the low end of messages.db's free list.  Berkeley DB
+ * fsyncs the log on the spot (on the main thread) whenever it gives the
+ * file's last page back, which a short queue emptying and refilling its
+ * leaves at the end of the file would do all the time.  So each start puts
+ * PAGE_RESERVE_BYTES of filler records (one overflow page each, queue id 0)
+ * and deletes them highest first: the free list is a stack, and the churn
+ * reuses the lowest pages.  The last filler stays as an anchor, so that
+ * the others are never the file's last page.  A failure costs only speed
+ * (figures: doc/performance.md). */
 #define PAGE_RESERVE_BYTES (512 * 1024)
 
 void
@@ -171,21 +156,15 @@ room_admit (McqStore *s, McqOp *op)
   mcq_space_refuse (&s->room.space, op->body->len - MSG_HEADER_SIZE, cost, &op->error);
 }
 
-/* Berkeley DB keeps the pages of consumed messages on messages.db's free
- * list rather than giving them back to the file system.  Once a disk has
- * filled up with messages that were then consumed, the file still takes
- * that room, and sets stayed refused for good (24 MiB tmpfs, 1,357 10 KB
- * messages stored and taken back: 6,140 KiB free against the 6,144 kept,
- * through checkpoints and restarts).  So while sets are refused and the
- * file is over twice what its queues hold, it is compacted (DB_FREE_SPACE:
- * records move to lower pages and the free end of the file goes back to
- * the file system), at most every COMPACT_EVERY_S (looking once a
- * second whether it should).  That also undoes the
- * page reserve (room_reserve_pages) until the next start, costing speed only.
- * Moving a record logs it again: the compaction runs only if that log
- * (counted as twice the queues' bytes) fits in the room past the reserve,
- * or is no more than one drain step, which the reserve holds; the log
- * is settled right after. */
+/* Berkeley DB keeps consumed messages' pages on messages.db's free list,
+ * so a disk once filled with messages since consumed could keep sets
+ * refused for good.  While sets are refused and the file is over twice
+ * what the queues hold, it is compacted (DB_FREE_SPACE gives the free end
+ * of the file back), at most every COMPACT_EVERY_S, looking once a second.
+ * It undoes the page reserve until the next start (speed only).  Moving a
+ * record logs it again: it runs only if that log (counted as twice the
+ * queues' bytes) fits past the reserve or is within one drain step, and
+ * the log is settled right after. */
 #define COMPACT_EVERY_S 10
 void
 room_compact_if_mostly_free (McqStore *s)

@@ -666,10 +666,10 @@ run_stats_queue (McqStore *s, McqOp *op)
 }
 
 /* Removes up to PURGE_CHUNK messages of one deleted queue, and no more
- * than PURGE_LOG_BYTES of log (each removal logs the whole message, and
- * 512 messages of 1 MB made one 512 MB transaction); short of room for
- * that, only while the room left holds another message of the largest
- * size.  At least one. */
+ * than PURGE_LOG_BYTES of log (each removal logs the whole message, so
+ * big messages would make one huge transaction); short of room for that,
+ * only while the room left holds another message of the largest size.
+ * At least one. */
 #define PURGE_LOG_BYTES (4 * 1024 * 1024)
 void
 txn_purge_step (McqStore *s)

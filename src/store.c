@@ -88,12 +88,9 @@ open_db (McqStore *s, DB **out, const char *file, GError **error)
       db->close (db, 0);
       return store_db_fail (ret, error, "page size");
     }
-  /* Not DB_REVSPLITOFF, although it looks made for a FIFO: it kept
-   * emptied leaves from being freed, and so the fsyncs that freeing the
-   * file's last page costs (see room_reserve_pages), but it never gave emptied
-   * pages back: messages.db grew 79 -> 158 -> 237 MB over three
-   * fill-and-drain rounds of 300,000 messages, where it stays at 79 MB
-   * without it. */
+  /* Not DB_REVSPLITOFF: it keeps emptied pages from ever being given back,
+   * so the file grows with every fill-and-drain (figures:
+   * doc/performance.md). */
   ret = db->open (db, NULL, file, NULL, DB_BTREE,
                   DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, 0600);
   if (ret != 0)
