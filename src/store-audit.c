@@ -1,6 +1,6 @@
 /* store-audit.c — queues.db against messages.db at start: refuses when
  * listed messages are gone, gives orphaned messages a queue record again.
- * Knows the record layouts of store.c; runs before store.c loads the queues. */
+ * Knows the record layouts (store-format.h); runs before store.c loads the queues. */
 #include "store-audit.h"
 
 #include <errno.h>

@@ -28,8 +28,8 @@ txn_read_enqueue_time (McqStore *s, DB_TXN *txn, guint32 id, guint64 seq)
 }
 
 /* Every transaction starts here.  The environment has no lock subsystem
- * (see mcq_store_open), which is sound only while one thread runs all the
- * transactions: a call from any other thread is a bug, caught here. */
+ * (see env_open in store.c), which is sound only while one thread runs all
+ * the transactions: a call from any other thread is a bug, caught here. */
 int
 txn_start (McqStore *s, DB_TXN **txn)
 {
