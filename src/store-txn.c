@@ -665,12 +665,30 @@ run_stats_queue (McqStore *s, McqOp *op)
   g_array_sort (op->queue_stats, compare_stat);
 }
 
-/* Removes up to PURGE_CHUNK messages of one deleted queue, and no more
- * than PURGE_LOG_BYTES of log (each removal logs the whole message, so
- * big messages would make one huge transaction); short of room for that,
- * only while the room left holds another message of the largest size.
- * At least one. */
+/* The most log a purge step writes: each removal logs the whole message,
+ * and big messages would otherwise make one huge transaction. */
 #define PURGE_LOG_BYTES (4 * 1024 * 1024)
+
+/* A purge step's worst case (*worst) against the room left: whether it
+ * must run carefully (room_tight, so the log is settled after it). */
+static gboolean
+purge_plan (McqStore *s, guint64 *worst)
+{
+  gboolean tight;
+
+  room_look (s, FALSE);
+  *worst = mcq_space_worst (&s->room.space, PURGE_LOG_BYTES, 0, 1, 0);
+  tight = g_atomic_int_get (&s->room.pressure) ||
+          s->room.space.room - (gint64) s->room.space.spent < (gint64) *worst;
+  if (tight)
+    room_look (s, TRUE);
+  s->room.careful = tight;
+  return tight;
+}
+
+/* Removes up to PURGE_CHUNK messages of one deleted queue, and no more
+ * than PURGE_LOG_BYTES of log; short of room for that, only while the
+ * room left holds another message of the largest size.  At least one. */
 void
 txn_purge_step (McqStore *s)
 {
@@ -679,15 +697,8 @@ txn_purge_step (McqStore *s)
   DBT k, v;
   guint8 idbuf[4], range[16], key[MSG_KEY_SIZE];
   guint64 head, tail, n, start = maint_log_end (s), worst;
-  gboolean tight;
+  gboolean tight = purge_plan (s, &worst);
   int ret;
-
-  room_look (s, FALSE);
-  worst = mcq_space_worst (&s->room.space, PURGE_LOG_BYTES, 0, 1, 0);
-  tight = g_atomic_int_get (&s->room.pressure) || s->room.space.room - (gint64) s->room.space.spent < (gint64) worst;
-  if (tight)
-    room_look (s, TRUE);
-  s->room.careful = tight;   /* maint_settle_if_pressed settles after it */
 
   if (txn_start (s, &txn) != 0)
     return;
