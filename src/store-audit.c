@@ -1,6 +1,6 @@
 /* store-audit.c — queues.db against messages.db at start: refuses when
  * listed messages are gone, gives orphaned messages a queue record again.
- * Knows the record layouts of store.c; runs before store.c loads the queues. */
+ * Knows the record layouts (store-format.h); runs before store.c loads the queues. */
 #include "store-audit.h"
 
 #include <errno.h>
@@ -11,11 +11,10 @@
 #include "i18n.h"
 #include "store-format.h"
 
-/* store.c's layouts: queues.db  name -> id:u32 head tail enqueued dequeued
- * bytes:u64; messages.db  id:u32 seq:u64 -> a record of store-format.h; all
- * big-endian.  Queue id 0 holds only store.c's page reserve. */
-#define QREC_SIZE 44
-#define MSG_KEY_SIZE 12
+/* The layouts are store-format.h's.  Queue id 0 holds only the page
+ * reserve (store-room.c). */
+#define QREC_SIZE MCQ_QREC_SIZE
+#define MSG_KEY_SIZE MCQ_REC_KEY_SIZE
 
 typedef struct {
   char *name;
@@ -35,37 +34,6 @@ typedef struct {
   guint64 missing, listed;     /* messages queues.db lists that are absent, of all */
   char *missing_queue;         /* the first queue with messages missing */
 } Check;
-
-static void
-put_be64 (guint8 *p, guint64 v)
-{
-  v = GUINT64_TO_BE (v);
-  memcpy (p, &v, 8);
-}
-
-static guint64
-get_be64 (const guint8 *p)
-{
-  guint64 v;
-  memcpy (&v, p, 8);
-  return GUINT64_FROM_BE (v);
-}
-
-static guint32
-get_be32 (const guint8 *p)
-{
-  guint32 v;
-  memcpy (&v, p, 4);
-  return GUINT32_FROM_BE (v);
-}
-
-static void
-msg_key (guint32 id, guint64 seq, guint8 out[MSG_KEY_SIZE])
-{
-  guint32 be = GUINT32_TO_BE (id);
-  memcpy (out, &be, 4);
-  put_be64 (out + 4, seq);
-}
 
 static void
 qrec_free (gpointer p)
@@ -94,7 +62,7 @@ load_records (Check *c)
       q = g_new0 (QRec, 1);
       q->name = g_strndup (k.data, k.size);
       memcpy (q->rec, v.data, QREC_SIZE);
-      g_hash_table_insert (c->by_id, GUINT_TO_POINTER (get_be32 (q->rec)), q);
+      g_hash_table_insert (c->by_id, GUINT_TO_POINTER (mcq_get_be32 (q->rec + MCQ_QREC_ID)), q);
     }
   cur->close (cur);
   if (ret != DB_NOTFOUND)
@@ -103,7 +71,7 @@ load_records (Check *c)
     return ret;
   while ((ret = cur->get (cur, &k, &v, DB_NEXT)) == 0)
     if (k.size == 4)
-      g_hash_table_add (c->purging, GUINT_TO_POINTER (get_be32 (k.data)));
+      g_hash_table_add (c->purging, GUINT_TO_POINTER (mcq_get_be32 (k.data)));
   cur->close (cur);
   return ret == DB_NOTFOUND ? 0 : ret;
 }
@@ -130,8 +98,8 @@ seek (DBC *cur, const guint8 *want, u_int32_t flags, guint32 *id, guint64 *seq)
     return ret;
   if (k.size != MSG_KEY_SIZE)
     return EINVAL;
-  *id = get_be32 (key);
-  *seq = get_be64 (key + 4);
+  *id = mcq_get_be32 (key);
+  *seq = mcq_get_be64 (key + 4);
   return 0;
 }
 
@@ -144,14 +112,14 @@ next_range (DBC *cur, guint32 from, guint32 *id, guint64 *first, guint64 *last)
   guint32 id2;
   int ret;
 
-  msg_key (from, 0, key);
+  mcq_rec_key (from, 0, key);
   if ((ret = seek (cur, key, DB_SET_RANGE, id, first)) != 0)
     return ret;
   if (*id == G_MAXUINT32)
     ret = seek (cur, NULL, DB_LAST, &id2, last);
   else
     {
-      msg_key (*id + 1, 0, key);
+      mcq_rec_key (*id + 1, 0, key);
       ret = seek (cur, key, DB_SET_RANGE, &id2, last);
       if (ret == 0)
         ret = seek (cur, NULL, DB_PREV, &id2, last);
@@ -173,7 +141,7 @@ count_range (Check *c, guint32 id, guint64 first, guint64 last, guint64 *n, guin
   *n = *bytes = 0;
   if ((ret = c->messages->cursor (c->messages, NULL, &cur, 0)) != 0)
     return ret;
-  msg_key (id, first, key);
+  mcq_rec_key (id, first, key);
   memset (&k, 0, sizeof k);
   k.data = key;
   k.size = k.ulen = MSG_KEY_SIZE;
@@ -183,7 +151,7 @@ count_range (Check *c, guint32 id, guint64 first, guint64 last, guint64 *n, guin
   for (ret = cur->get (cur, &k, &v, DB_SET_RANGE); ret == 0;
        ret = cur->get (cur, &k, &v, DB_NEXT))
     {
-      if (k.size != MSG_KEY_SIZE || get_be32 (key) != id || get_be64 (key + 4) > last)
+      if (k.size != MSG_KEY_SIZE || mcq_get_be32 (key) != id || mcq_get_be64 (key + 4) > last)
         break;
       McqRecView view;
       (*n)++;
@@ -201,7 +169,7 @@ count_range (Check *c, guint32 id, guint64 first, guint64 last, guint64 *n, guin
 static int
 check_queue (Check *c, QRec *q, guint64 first, guint64 last)
 {
-  guint64 head = get_be64 (q->rec + 4), tail = get_be64 (q->rec + 12);
+  guint64 head = mcq_get_be64 (q->rec + MCQ_QREC_HEAD), tail = mcq_get_be64 (q->rec + MCQ_QREC_TAIL);
   guint64 lo = MAX (head, first), hi = MIN (tail, last + 1);
   guint64 present = hi > lo ? hi - lo : 0, n, bytes, deq;
   int ret;
@@ -218,14 +186,14 @@ check_queue (Check *c, QRec *q, guint64 first, guint64 last)
     return 0;
   lo = MIN (head, first);
   hi = MAX (tail, last + 1);
-  if ((ret = count_range (c, get_be32 (q->rec), lo, hi - 1, &n, &bytes)) != 0)
+  if ((ret = count_range (c, mcq_get_be32 (q->rec + MCQ_QREC_ID), lo, hi - 1, &n, &bytes)) != 0)
     return ret;
-  deq = get_be64 (q->rec + 28);
-  put_be64 (q->rec + 4, lo);
-  put_be64 (q->rec + 12, hi);
-  put_be64 (q->rec + 20, get_be64 (q->rec + 20) + (hi - tail));
-  put_be64 (q->rec + 28, deq - MIN (deq, head - lo));
-  put_be64 (q->rec + 36, bytes);
+  deq = mcq_get_be64 (q->rec + MCQ_QREC_DEQUEUED);
+  mcq_put_be64 (q->rec + MCQ_QREC_HEAD, lo);
+  mcq_put_be64 (q->rec + MCQ_QREC_TAIL, hi);
+  mcq_put_be64 (q->rec + MCQ_QREC_ENQUEUED, mcq_get_be64 (q->rec + MCQ_QREC_ENQUEUED) + (hi - tail));
+  mcq_put_be64 (q->rec + MCQ_QREC_DEQUEUED, deq - MIN (deq, head - lo));
+  mcq_put_be64 (q->rec + MCQ_QREC_BYTES, bytes);
   q->added = (head - lo) + (hi - tail);
   g_ptr_array_add (c->fixes, q);
   return 0;
@@ -250,7 +218,6 @@ static int
 rebuild_queue (Check *c, guint32 id, guint64 first, guint64 last)
 {
   QRec *q = g_new0 (QRec, 1);
-  guint32 be = GUINT32_TO_BE (id);
   guint64 n, bytes;
   int ret;
 
@@ -265,12 +232,12 @@ rebuild_queue (Check *c, guint32 id, guint64 first, guint64 last)
       g_free (q->name);
       q->name = g_strdup_printf ("recovered.%u.%u", id, i);
     }
-  memcpy (q->rec, &be, 4);
-  put_be64 (q->rec + 4, first);
-  put_be64 (q->rec + 12, last + 1);
-  put_be64 (q->rec + 20, last + 1);        /* a queue's sequence starts at 0 */
-  put_be64 (q->rec + 28, first);
-  put_be64 (q->rec + 36, bytes);
+  mcq_put_be32 (q->rec + MCQ_QREC_ID, id);
+  mcq_put_be64 (q->rec + MCQ_QREC_HEAD, first);
+  mcq_put_be64 (q->rec + MCQ_QREC_TAIL, last + 1);
+  mcq_put_be64 (q->rec + MCQ_QREC_ENQUEUED, last + 1);   /* a queue's sequence starts at 0 */
+  mcq_put_be64 (q->rec + MCQ_QREC_DEQUEUED, first);
+  mcq_put_be64 (q->rec + MCQ_QREC_BYTES, bytes);
   q->seen = TRUE;
   q->rebuilt = TRUE;
   q->added = n;
@@ -317,7 +284,7 @@ count_unseen (Check *c)
   while (g_hash_table_iter_next (&it, NULL, &v))
     {
       QRec *q = v;
-      guint64 depth = get_be64 (q->rec + 12) - get_be64 (q->rec + 4);
+      guint64 depth = mcq_get_be64 (q->rec + MCQ_QREC_TAIL) - mcq_get_be64 (q->rec + MCQ_QREC_HEAD);
 
       if (q->seen || depth == 0)
         continue;
@@ -362,11 +329,11 @@ write_fixes (Check *c)
   for (guint i = 0; i < c->fixes->len; i++)
     {
       QRec *q = c->fixes->pdata[i];
-      guint64 depth = get_be64 (q->rec + 12) - get_be64 (q->rec + 4);
+      guint64 depth = mcq_get_be64 (q->rec + MCQ_QREC_TAIL) - mcq_get_be64 (q->rec + MCQ_QREC_HEAD);
       if (q->rebuilt)
         g_warning (_("%llu messages in messages.db belonged to no queue (queues.db had lost "
                      "the record of queue id %u, and its name): they are now in queue %s"),
-                   (unsigned long long) q->added, get_be32 (q->rec), q->name);
+                   (unsigned long long) q->added, mcq_get_be32 (q->rec + MCQ_QREC_ID), q->name);
       else
         g_warning (_("queue %s: %llu messages in messages.db lay outside its record in "
                      "queues.db (an older queues.db?): they are queued again; %llu messages "

@@ -80,29 +80,6 @@ mcq_crc32c (guint32 crc, const void *data, size_t len)
   return ~crc_bytes (c, data, len);
 }
 
-static void
-put32 (guint8 *p, guint32 v)
-{
-  v = GUINT32_TO_BE (v);
-  memcpy (p, &v, 4);
-}
-
-static guint32
-get32 (const guint8 *p)
-{
-  guint32 v;
-  memcpy (&v, p, 4);
-  return GUINT32_FROM_BE (v);
-}
-
-static guint64
-get64 (const guint8 *p)
-{
-  guint64 v;
-  memcpy (&v, p, 8);
-  return GUINT64_FROM_BE (v);
-}
-
 #define TIME_MASK ((G_GUINT64_CONSTANT (1) << 56) - 1)
 
 static guint32
@@ -120,10 +97,10 @@ mcq_rec_seal (guint8 *rec, size_t len, const guint8 key[MCQ_REC_KEY_SIZE],
   guint64 t = ((guint64) time & TIME_MASK) | ((guint64) MCQ_REC_MARK_CHECKED << 56);
 
   g_assert (len >= MCQ_REC_HEADER);
-  put32 (rec, flags);
+  mcq_put_be32 (rec, flags);
   t = GUINT64_TO_BE (t);
   memcpy (rec + 4, &t, 8);
-  put32 (rec + 12, record_crc (rec, len, key));
+  mcq_put_be32 (rec + 12, record_crc (rec, len, key));
 }
 
 McqRecState
@@ -148,13 +125,13 @@ mcq_rec_check (const guint8 *rec, size_t len, const guint8 key[MCQ_REC_KEY_SIZE]
           *why = N_("shorter than a record header");
           return MCQ_REC_DAMAGED;
         }
-      if (record_crc (rec, len, key) != get32 (rec + 12))
+      if (record_crc (rec, len, key) != mcq_get_be32 (rec + 12))
         {
           *why = N_("checksum mismatch");
           return MCQ_REC_DAMAGED;
         }
-      out->flags = get32 (rec);
-      out->time = (gint64) (get64 (rec + 4) & TIME_MASK);
+      out->flags = mcq_get_be32 (rec);
+      out->time = (gint64) (mcq_get_be64 (rec + 4) & TIME_MASK);
       out->body_offset = MCQ_REC_HEADER;
       out->body_len = len - MCQ_REC_HEADER;
       return MCQ_REC_SOUND;
@@ -169,8 +146,8 @@ mcq_rec_check (const guint8 *rec, size_t len, const guint8 key[MCQ_REC_KEY_SIZE]
       *why = N_("no checksum where one is required");
       return MCQ_REC_DAMAGED;
     }
-  out->flags = get32 (rec);
-  out->time = (gint64) get64 (rec + 4);
+  out->flags = mcq_get_be32 (rec);
+  out->time = (gint64) mcq_get_be64 (rec + 4);
   out->body_offset = MCQ_REC_LEGACY_HEADER;
   out->body_len = len - MCQ_REC_LEGACY_HEADER;
   return MCQ_REC_LEGACY;
@@ -181,5 +158,27 @@ mcq_rec_time (const guint8 *rec, size_t len)
 {
   if (len < MCQ_REC_TIME_END)
     return 0;
-  return (gint64) (get64 (rec + 4) & TIME_MASK);
+  return (gint64) (mcq_get_be64 (rec + 4) & TIME_MASK);
+}
+
+void
+mcq_qrec_encode (const McqQueueRec *r, guint8 out[MCQ_QREC_SIZE])
+{
+  mcq_put_be32 (out + MCQ_QREC_ID, r->id);
+  mcq_put_be64 (out + MCQ_QREC_HEAD, r->head);
+  mcq_put_be64 (out + MCQ_QREC_TAIL, r->tail);
+  mcq_put_be64 (out + MCQ_QREC_ENQUEUED, r->enqueued);
+  mcq_put_be64 (out + MCQ_QREC_DEQUEUED, r->dequeued);
+  mcq_put_be64 (out + MCQ_QREC_BYTES, r->bytes);
+}
+
+void
+mcq_qrec_decode (const guint8 in[MCQ_QREC_SIZE], McqQueueRec *r)
+{
+  r->id = mcq_get_be32 (in + MCQ_QREC_ID);
+  r->head = mcq_get_be64 (in + MCQ_QREC_HEAD);
+  r->tail = mcq_get_be64 (in + MCQ_QREC_TAIL);
+  r->enqueued = mcq_get_be64 (in + MCQ_QREC_ENQUEUED);
+  r->dequeued = mcq_get_be64 (in + MCQ_QREC_DEQUEUED);
+  r->bytes = mcq_get_be64 (in + MCQ_QREC_BYTES);
 }

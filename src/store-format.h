@@ -6,6 +6,7 @@
 #include <glib.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /*
  * A record is the value stored under the key id:u32 seq:u64 (big-endian).
@@ -59,3 +60,64 @@ McqRecState mcq_rec_check (const guint8 *rec, size_t len, const guint8 key[MCQ_R
 /* The store time from the first MCQ_REC_TIME_END bytes of either kind of
  * record; 0 if there are fewer. */
 gint64 mcq_rec_time (const guint8 *rec, size_t len);
+
+/* Big-endian integers, as every key and record stores them. */
+static inline void
+mcq_put_be32 (guint8 *p, guint32 v)
+{
+  v = GUINT32_TO_BE (v);
+  memcpy (p, &v, 4);
+}
+
+static inline void
+mcq_put_be64 (guint8 *p, guint64 v)
+{
+  v = GUINT64_TO_BE (v);
+  memcpy (p, &v, 8);
+}
+
+static inline guint32
+mcq_get_be32 (const guint8 *p)
+{
+  guint32 v;
+  memcpy (&v, p, 4);
+  return GUINT32_FROM_BE (v);
+}
+
+static inline guint64
+mcq_get_be64 (const guint8 *p)
+{
+  guint64 v;
+  memcpy (&v, p, 8);
+  return GUINT64_FROM_BE (v);
+}
+
+/* The key of message seq of queue id (id:u32 seq:u64, big-endian), so the
+ * btree's byte order is each queue's FIFO order. */
+static inline void
+mcq_rec_key (guint32 id, guint64 seq, guint8 out[MCQ_REC_KEY_SIZE])
+{
+  mcq_put_be32 (out, id);
+  mcq_put_be64 (out + 4, seq);
+}
+
+/* A queue's record in queues.db, under its name: id:u32, then head, tail,
+ * enqueued, dequeued and bytes as u64, big-endian, at these offsets.  The
+ * queue holds the messages [head, tail). */
+#define MCQ_QREC_ID 0
+#define MCQ_QREC_HEAD 4
+#define MCQ_QREC_TAIL 12
+#define MCQ_QREC_ENQUEUED 20
+#define MCQ_QREC_DEQUEUED 28
+#define MCQ_QREC_BYTES 36
+#define MCQ_QREC_SIZE 44
+
+typedef struct {
+  guint32 id;
+  guint64 head, tail;
+  guint64 enqueued, dequeued;
+  guint64 bytes;
+} McqQueueRec;
+
+void mcq_qrec_encode (const McqQueueRec *r, guint8 out[MCQ_QREC_SIZE]);
+void mcq_qrec_decode (const guint8 in[MCQ_QREC_SIZE], McqQueueRec *r);
