@@ -15,7 +15,7 @@
 #define MAX_MAX_BODY (1024 * 1024 * 1024)
 /* Log files are four times the log buffer (at least 2 MiB), each new one
  * is zero-filled on the main thread in durable mode, and three of them are
- * kept free on disk (see store.c): 16 MiB of buffer already means 64 MiB
+ * kept free on disk (see store-room.c): 16 MiB of buffer already means 64 MiB
  * files and a 192 MiB reserve, and a bigger buffer buys nothing, since
  * every batch writes its commits out at once. */
 #define MAX_LOG_BUFFER_KB (16 * 1024)
