@@ -200,7 +200,7 @@ seg_commit (McqStore *s, u_int32_t flags, GError **error)
   maint_add_log_debt (s, s->seg.bytes);
   mcq_quarantine_count_add (s->quarantine, s->seg.damaged);
   s->room.space.db_free = s->seg.db_free >= 0 || s->room.space.db_free > (guint64) -s->seg.db_free
-                     ? s->room.space.db_free + s->seg.db_free : 0;
+                          ? s->room.space.db_free + s->seg.db_free : 0;
   return TRUE;
 }
 
