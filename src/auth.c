@@ -90,7 +90,7 @@ read_private_file (const char *path, gsize *len, GError **error)
   char *buf;
   gsize got = 0;
   int read_errno = 0;
-  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 
   if (fd < 0)
     {

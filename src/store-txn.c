@@ -239,6 +239,15 @@ seg_set (McqStore *s, McqOp *op)
   return TRUE;
 }
 
+/* The room a taken message holds: its body, and at least one byte, so that
+ * a get that took an empty message never looks as if it took nothing (such
+ * a get must not be parked and run again: its message is already gone). */
+static gsize
+room_of (gsize body_len)
+{
+  return MAX (body_len, 1);
+}
+
 /* Returns to op->room what it granted for a message not taken. */
 static void
 give_back (McqOp *op, gsize *granted)
@@ -275,7 +284,7 @@ read_into (McqStore *s, DBT *k, McqOp *op, guint start, u_int32_t how,
       ret = s->seg.cursor->get (s->seg.cursor, k, &v, how);
       if ((ret == 0 || ret == DB_BUFFER_SMALL) && !asked && op->room != NULL)
         {
-          gsize most = v.size > MCQ_REC_LEGACY_HEADER ? v.size - MCQ_REC_LEGACY_HEADER : 0;
+          gsize most = room_of (v.size > MCQ_REC_LEGACY_HEADER ? v.size - MCQ_REC_LEGACY_HEADER : 0);
           asked = TRUE;
           if (!op->room (op, (gssize) most))
             {
@@ -309,7 +318,7 @@ set_aside (McqStore *s, Queue *q, const guint8 *rec, size_t len, const char *why
     return ret;
   s->seg.bytes += 2 * len + LOG_OP_OVERHEAD;
   s->seg.log += 2 * mcq_space_log_bytes (&s->room.space.geom, len);   /* the copy and the removal */
-  q->bytes -= MIN (q->bytes, len);
+  q->bytes -= MIN (q->bytes, len > MCQ_REC_HEADER ? len - MCQ_REC_HEADER : 0);
   return s->seg.cursor->del (s->seg.cursor, 0);
 }
 
@@ -375,7 +384,7 @@ read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view,
 
           if (mcq_rec_check (rec, len, key, legacy_ok, view, &why) != MCQ_REC_DAMAGED)
             {
-              granted -= MIN (granted, view->body_len);
+              granted -= MIN (granted, room_of (view->body_len));
               give_back (op, &granted);      /* granted beyond the exact body */
               return 0;
             }
@@ -403,6 +412,16 @@ read_head (McqStore *s, Queue *q, McqOp *op, guint start, McqRecView *view,
     }
   q->head_time = 0;
   return 0;
+}
+
+/* A take that failed after its message was read: the room granted for it
+ * goes back (the caller never sees the message), and ret is passed on. */
+static int
+forget_read (McqOp *op, const McqRecView *view, int ret)
+{
+  if (op->room != NULL)
+    op->room (op, -(gssize) room_of (view->body_len));
+  return ret;
 }
 
 /* Takes the head message of q into m, with the segment's cursor: one
@@ -435,7 +454,7 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
       return 0;
     }
   if ((ret = s->seg.cursor->del (s->seg.cursor, 0)) != 0)
-    return ret;
+    return forget_read (op, &view, ret);
   m->flags = view.flags;
   m->seq = q->head;
   m->offset = start + view.body_offset;
@@ -465,7 +484,7 @@ take_head (McqStore *s, Queue *q, McqOp *op, McqMessage *m, gboolean *declined)
   else if (ret == 0 || ret == DB_NOTFOUND || ret == DB_BUFFER_SMALL)
     q->head_time = txn_read_enqueue_time (s, s->seg.txn, q->id, q->head);
   else
-    return ret;
+    return forget_read (op, &view, ret);
   return 0;
 }
 
@@ -542,7 +561,7 @@ op_forget_results (McqOp *op)
       {
         McqMessage *m = &g_array_index (op->messages, McqMessage, i);
         if (m->data != NULL && op->room != NULL)
-          op->room (op, -(gssize) m->len);
+          op->room (op, -(gssize) room_of (m->len));
         m->data = NULL;
       }
   if (op->values != NULL)

@@ -355,3 +355,12 @@ def test_bench_auth_file(authd, auth_file, tmp_path):
     wrong = run("-Y", str(client_file))
     assert wrong.returncode == 2, wrong.stderr
     assert b"authentication refused: CLIENT_ERROR authentication failure" in wrong.stderr
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(mcq_bin, tmp_path):
+    """Opening a FIFO blocks until someone writes to it: the file is refused as
+    not a regular file at once, not left hanging."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    line = start_failure(mcq_bin, tmp_path, ["--auth-file=%s" % fifo])
+    assert line == "memcacheq: -Y/--auth-file: %s is not a regular file" % fifo

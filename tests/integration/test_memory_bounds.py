@@ -262,3 +262,37 @@ def test_messages_lost_with_a_client_are_logged_by_queue(make_daemon, how):
     assert lost.get("lq", 0) >= 1, "no warning of the lost messages:\n" + log
     assert lost["lq"] + read == deq, "lost %d + read %d != taken %d" % (lost["lq"], read, deq)
     assert re.search(r"warning: lost \d+ messages?", log), log
+
+
+def test_a_multi_get_that_waits_keeps_the_empty_message_it_took(make_daemon):
+    """`get z b` behind two 16 MiB replies the client has not read yet: z's message
+    is empty and taken at once, b's may find no room.  A get that took a message
+    is never parked and run again (that would take z's next message): every
+    message is delivered exactly once, z's in the reply to that get."""
+    d = make_daemon(["-N", "-B", str(16 * MIB)], env=sanitizer_env())
+    big = b"x" * (16 * MIB)
+    with d.client() as c:
+        for q, body in ((b"big", big), (b"big", big), (b"b", big), (b"z", b"")):
+            assert c.set(q, body) == b"STORED\r\n"
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=IO_TIMEOUT)
+    try:
+        for request in (b"get big\r\n", b"get big\r\n", b"get z b\r\n"):
+            s.sendall(request)
+            time.sleep(1.0)
+        data = bytearray()
+        while True:
+            chunk = s.recv(MIB)
+            assert chunk, "the daemon closed the connection"
+            data += chunk
+            if data.endswith(b"END\r\n") and data.count(b"END\r\n") >= 3:
+                break
+    finally:
+        s.close()
+    replies = bytes(data).split(b"END\r\n")[:3]
+    keys = [[k.decode() for k in re.findall(rb"VALUE (\S+) 0 \d+\r\n", r)] for r in replies]
+    assert keys[:2] == [["big"], ["big"]] and keys[2][:1] == ["z"], keys
+    with d.client() as c:
+        if keys[2] == ["z"]:                   # b found no room: still queued
+            assert c.get("b") == big
+        assert c.get("z") is None
+    assert queue_counts(d, "z") == (1, 1) and queue_counts(d, "b") == (1, 1)
