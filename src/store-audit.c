@@ -33,6 +33,7 @@ typedef struct {
   GPtrArray *fixes;            /* QRec* to write back (widened or rebuilt) */
   guint64 missing, listed;     /* messages queues.db lists that are absent, of all */
   char *missing_queue;         /* the first queue with messages missing */
+  gboolean skipped;            /* messages.db's keys cannot be trusted */
 } Check;
 
 static void
@@ -346,21 +347,38 @@ write_fixes (Check *c)
 gboolean
 mcq_store_audit_queues (DB_ENV *env, DB *queues, DB *messages, DB *purge, GError **error)
 {
-  Check c = { env, queues, messages, purge, NULL, NULL, NULL, 0, 0, NULL };
+  Check c = { env, queues, messages, purge, NULL, NULL, NULL, 0, 0, NULL, FALSE };
   gboolean ok = TRUE;
   int ret;
 
   c.by_id = g_hash_table_new_full (g_direct_hash, g_direct_equal, NULL, qrec_free);
   c.purging = g_hash_table_new (g_direct_hash, g_direct_equal);
   c.fixes = g_ptr_array_new ();
-  if ((ret = load_records (&c)) != 0 || (ret = walk_messages (&c)) != 0)
+  if ((ret = load_records (&c)) == 0 && (ret = walk_messages (&c)) != 0 &&
+      (ret == DB_BUFFER_SMALL || ret == EINVAL))
+    {
+      /* Keys of another length than memcacheq's: a damaged or salvaged file.
+       * The ends of its queues cannot be trusted, so nothing is rebuilt from
+       * them; the get path sets damaged records aside as it meets them. */
+      g_warning (_("messages.db holds keys that are not memcacheq's (damaged, or salvaged "
+                   "with db_dump -r): queues.db is not checked against it; damaged messages "
+                   "are set aside when their turn comes"));
+      ret = 0;
+      c.skipped = TRUE;
+    }
+  if (ret != 0)
     {
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_FAILED,
                    _("checking queues.db against messages.db: %s"), db_strerror (ret));
       ok = FALSE;
     }
-  if (ok)
+  if (ok && !c.skipped)
     count_unseen (&c);
+  if (c.skipped)
+    {
+      g_ptr_array_set_size (c.fixes, 0);
+      c.missing = 0;
+    }
   if (ok && c.missing > 0 && c.missing < c.listed)
     /* Some of what is listed is there: the rest is passed over as damaged
      * when its turn comes (see store-quarantine.h), and said here at once. */
