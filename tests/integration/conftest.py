@@ -53,6 +53,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def first_reply(family, address):
+    """What a `version` request gets back within a second (b"" if nothing): any
+    reply line means the daemon's loop runs (one started with --auth-file or
+    past -c answers with an error)."""
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            s.connect(address)
+            s.sendall(b"version\r\n")
+            return s.recv(64)
+    except OSError:
+        return b""
+
+
 def port_is_listening(port, host="127.0.0.1"):
     try:
         with socket.create_connection((host, port), timeout=2.0):
@@ -331,14 +345,7 @@ class Daemon:
             time.sleep(0.05)
 
     def _answers(self):
-        """True once a request gets a reply line (whatever it says: a daemon
-        started with --auth-file or past -c answers with an error)."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                s.sendall(b"version\r\n")
-                return s.recv(64).endswith(b"\r\n")
-        except OSError:
-            return False
+        return first_reply(socket.AF_INET, ("127.0.0.1", self.port)).endswith(b"\r\n")
 
     def stderr(self):
         if self._stderr_path is None:

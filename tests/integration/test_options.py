@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import clean_env, free_port
+from conftest import clean_env, first_reply, free_port
 
 
 def run_bin(mcq_bin, args, timeout=10):
@@ -169,17 +169,6 @@ def test_max_connections(make_daemon):
     b.close()
 
 
-def _answers_on_unix(path):
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(1.0)
-            s.connect(path)
-            s.sendall(b"version\r\n")
-            return s.recv(64).startswith(b"VERSION")
-    except OSError:
-        return False
-
-
 def test_unix_socket_belongs_to_the_user_of_u(mcq_bin):
     """-u USER -s PATH: the socket, made while still root, must go to USER,
     who could neither connect to it (mode 0700) nor remove it at exit."""
@@ -201,7 +190,8 @@ def test_unix_socket_belongs_to_the_user_of_u(mcq_bin):
             # the socket is bound before the store opens and given to nobody after:
             # look once the daemon answers (root may connect whatever the mode)
             deadline = time.monotonic() + 20
-            while not _answers_on_unix(sock) and time.monotonic() < deadline:
+            while (not first_reply(socket.AF_UNIX, sock).startswith(b"VERSION")
+                   and time.monotonic() < deadline):
                 time.sleep(0.05)
             st = os.stat(sock)
             assert (st.st_uid, st.st_gid) == (nobody.pw_uid, nobody.pw_gid)
